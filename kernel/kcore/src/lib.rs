@@ -13,6 +13,7 @@ pub mod bootinfo;
 pub mod cmdline;
 pub mod dma;
 pub mod frames;
+pub mod level;
 pub mod lockorder;
 pub mod runqueue;
 pub mod trace;
