@@ -116,7 +116,7 @@ impl FrameAllocator {
         // Grow outward: a partly reserved frame is not free.
         let start = (range.start & !(FRAME_SIZE - 1)).max(self.base);
         let end = align_up(range.end, FRAME_SIZE)
-            .unwrap_or(u64::MAX & !(FRAME_SIZE - 1))
+            .unwrap_or(!(FRAME_SIZE - 1))
             .min(self.end_addr());
         if start >= end {
             return;
@@ -157,7 +157,7 @@ impl FrameAllocator {
     /// so a refused free leaves the allocator untouched. Reserved frames inside usable RAM may be
     /// freed (that is how boot-time memory is reclaimed).
     pub fn free(&mut self, addr: u64, count: usize) -> Result<(), FrameError> {
-        if addr % FRAME_SIZE != 0 {
+        if !addr.is_multiple_of(FRAME_SIZE) {
             return Err(FrameError::Unaligned { addr });
         }
         if count == 0 {
@@ -171,10 +171,7 @@ impl FrameAllocator {
         };
         // Every frame must lie in one usable range; ranges are merged, so a run straddling two
         // of them crosses a hole.
-        let range = self
-            .usable
-            .iter()
-            .find(|r| r.start <= addr && addr < r.end);
+        let range = self.usable.iter().find(|r| r.start <= addr && addr < r.end);
         match range {
             None => return Err(FrameError::NotUsable { frame: addr }),
             Some(r) if end > r.end => return Err(FrameError::NotUsable { frame: r.end }),
@@ -318,6 +315,8 @@ fn align_up(value: u64, align: u64) -> Option<u64> {
 }
 
 #[cfg(test)]
+// A memory map with a single range is the common case under test, not a mistaken `0..n` list.
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
     use std::vec::Vec;
@@ -496,7 +495,11 @@ mod tests {
             std::format!("{err}"),
             std::format!("double free of frame {:#x}", addr + frames(2))
         );
-        assert_eq!(a.free_frames(), before, "refused free must not free anything");
+        assert_eq!(
+            a.free_frames(),
+            before,
+            "refused free must not free anything"
+        );
         assert_eq!(
             a.free(addr + 1, 1),
             Err(FrameError::Unaligned { addr: addr + 1 })
@@ -507,10 +510,8 @@ mod tests {
             Err(FrameError::NotUsable { frame: 3 * MIB })
         );
         assert_eq!(
-            a.free(u64::MAX & !0xfff, 4),
-            Err(FrameError::NotUsable {
-                frame: u64::MAX & !0xfff
-            })
+            a.free(!0xfff, 4),
+            Err(FrameError::NotUsable { frame: !0xfff })
         );
     }
 
@@ -566,7 +567,7 @@ mod tests {
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut live: Vec<(u64, usize)> = Vec::new();
         for round in 0..4000 {
-            if xorshift(&mut rng) % 3 != 0 || live.is_empty() {
+            if !xorshift(&mut rng).is_multiple_of(3) || live.is_empty() {
                 let count = (xorshift(&mut rng) % 16 + 1) as usize;
                 let align = FRAME_SIZE << (xorshift(&mut rng) % 5);
                 let limit = (round % 5 == 0).then_some(32 * MIB);
