@@ -1,1 +1,29 @@
-//! (being written)
+//! Tether's host-side runner, shared by `cargo run`, the tests and the benchmarks.
+//!
+//! - [`deps`]: installs what the host lacks (QEMU, GRUB tools, OVMF; the kernel's Rust target).
+//! - [`kernel_build`]: builds the kernel ELF into `target/kernel`.
+//! - [`preset`]: QEMU command lines (PVH or ISO boot, SeaBIOS or OVMF, usb-net networking).
+//! - [`instance`]: a running QEMU, its serial console read line by line under deadlines.
+//! - [`boots`], [`test_run`], [`host_tests`], [`pool`], [`report`]: `tether test`.
+//! - [`bench`]: `tether bench boot`.
+//! - [`run`]: `tether run` (the interactive boot) and `tether iso`.
+//! - [`cli`]: argument parsing.
+//!
+//! What each boot must print is defined in the `tether-tests` crate.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod bench;
+pub mod boots;
+pub mod cli;
+pub mod deps;
+pub mod host_tests;
+pub mod instance;
+pub mod kernel_build;
+pub mod paths;
+pub mod pool;
+pub mod preset;
+pub mod report;
+pub mod run;
+pub mod test_run;

@@ -1,1 +1,15 @@
-//! (being written)
+//! Tether's boot-time test definitions.
+//!
+//! This crate says *what* to boot and *what must come out*; `tether-qemu` does the booting.
+//! It is pure data and parsing so that every rule here is unit-tested on the host.
+//!
+//! - [`protocol`]: the kernel's serial protocol (ready line, panic line, `ktest` lines, exit codes).
+//! - [`boot_tests`]: the table of single-purpose boots (crash-on-purpose tests, warnings).
+//! - [`suites`]: the fixed boots every test run makes (the in-kernel suite, the ISO boots).
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod boot_tests;
+pub mod protocol;
+pub mod suites;

@@ -1,0 +1,216 @@
+//! The boots a test run makes: the in-kernel suite, the single-purpose boot tests and the ISO
+//! boots. Each returns test outcomes; none waits without a deadline.
+
+use crate::instance::{Echo, Instance, Wait};
+use crate::preset::Machine;
+use crate::report::{TestOutcome, FAILURE_TAIL_LINES};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tether_tests::boot_tests::{BootTest, Ending, BOOT_TEST_TIMEOUT};
+use tether_tests::protocol::{self, KernelExit};
+use tether_tests::suites::{
+    IsoBoot, KtestTally, ISO_BOOT_TIMEOUT, KTEST_SUITE_CMDLINE, KTEST_SUITE_TIMEOUT,
+};
+
+/// How long QEMU gets to exit after the kernel said it is done (`ktest done`, a panic line).
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// How long a boot test waits after the ready line for its expected text.
+const AFTER_READY_GRACE: Duration = Duration::from_secs(2);
+
+/// Settings shared by the boots of one run.
+#[derive(Debug, Clone)]
+pub struct BootSettings {
+    /// Folder for serial logs (one file per boot).
+    pub log_dir: PathBuf,
+    /// Echo serial output to the terminal, prefixed with the boot's name.
+    pub echo: bool,
+}
+
+impl BootSettings {
+    fn spawn(&self, name: &str, machine: &Machine) -> Result<(Instance, PathBuf), TestOutcome> {
+        let log = self.log_dir.join(format!("{name}.log"));
+        let echo = Echo {
+            prefix: self.echo.then(|| format!("[{name}] ")),
+        };
+        Instance::spawn(machine.command(), Some(&log), echo)
+            .map(|q| (q, log))
+            .map_err(|e| TestOutcome::fail(name, format!("cannot start QEMU: {e:#}")))
+    }
+}
+
+/// Lines shown under a failed boot: the serial tail, QEMU's stderr and where the log is.
+pub fn failure_context(q: &Instance, log: &Path, machine: &Machine) -> Vec<String> {
+    let mut lines = vec![format!("last {FAILURE_TAIL_LINES} serial lines:")];
+    let tail = q.tail(FAILURE_TAIL_LINES);
+    if tail.is_empty() {
+        lines.push("  (no serial output)".to_string());
+    }
+    lines.extend(tail.into_iter().map(|l| format!("  {l}")));
+    let stderr = q.stderr_text();
+    if !stderr.trim().is_empty() {
+        lines.push("QEMU stderr:".to_string());
+        lines.extend(stderr.lines().map(|l| format!("  {l}")));
+    }
+    lines.push(format!("full serial log: {}", log.display()));
+    lines.push(format!("QEMU command: {machine}"));
+    lines
+}
+
+/// Boots the in-kernel test suite (`test=all lockcheck=on`, PVH, -smp 2). One outcome per
+/// `ktest` line, plus `ktest_suite` for the boot as a whole (ended with `ktest done`, counts
+/// and exit status consistent).
+pub fn run_ktest_suite(kernel: &Path, settings: &BootSettings) -> Vec<TestOutcome> {
+    const NAME: &str = "ktest_suite";
+    let machine = Machine::pvh(kernel, KTEST_SUITE_CMDLINE);
+    let (mut q, log) = match settings.spawn(NAME, &machine) {
+        Ok(spawned) => spawned,
+        Err(failure) => return vec![failure],
+    };
+    let started = Instant::now();
+    let deadline = started + KTEST_SUITE_TIMEOUT;
+    let mut tally = KtestTally::default();
+    let exit = loop {
+        match q.next_line(deadline) {
+            Wait::Found(line) => {
+                tally.feed(&line);
+                if tally.done.is_some() {
+                    break q.wait_exit(Instant::now() + EXIT_GRACE);
+                }
+            }
+            Wait::Exited(status) => break Some(status),
+            Wait::TimedOut => break None,
+        }
+    };
+    q.kill();
+    let kernel_exit = exit.map(KernelExit::from_status);
+
+    let mut outcomes: Vec<TestOutcome> = tally
+        .results
+        .iter()
+        .map(|(name, result)| match result {
+            Ok(Some(ms)) => TestOutcome::pass(format!("ktest::{name}"), format!("{ms} ms")),
+            Ok(None) => TestOutcome::pass(format!("ktest::{name}"), ""),
+            Err(reason) => TestOutcome::fail(format!("ktest::{name}"), reason.clone()),
+        })
+        .collect();
+    let verdict = match (tally.verdict(kernel_exit), exit) {
+        (Ok(()), _) => TestOutcome::pass(NAME, format!("{:.1} s", started.elapsed().as_secs_f64())),
+        (Err(reason), None) if tally.done.is_none() => TestOutcome::fail(
+            NAME,
+            format!("{reason} ({} s)", KTEST_SUITE_TIMEOUT.as_secs()),
+        ),
+        (Err(reason), _) => TestOutcome::fail(NAME, reason),
+    };
+    outcomes.push(verdict.with_context(failure_context(&q, &log, &machine)));
+    outcomes
+}
+
+/// Boots one single-purpose boot test from the table in `tether-tests`.
+pub fn run_boot_test(kernel: &Path, test: &BootTest, settings: &BootSettings) -> TestOutcome {
+    let name = format!("boot::{}", test.name);
+    let machine = Machine::pvh(kernel, test.cmdline());
+    let (mut q, log) = match settings.spawn(test.name, &machine) {
+        Ok(spawned) => spawned,
+        Err(failure) => return TestOutcome { name, ..failure },
+    };
+    let started = Instant::now();
+    let deadline = started + BOOT_TEST_TIMEOUT;
+    let (exit, timed_out) = match test.ending() {
+        Ending::KernelFailure => match q.wait_exit(deadline) {
+            Some(status) => (Some(KernelExit::from_status(status)), false),
+            None => (None, true),
+        },
+        Ending::Ready => match q.wait_for(deadline, protocol::is_ready_line) {
+            Wait::Found(_) => {
+                let seen = |q: &Instance| q.lines().iter().any(|l| l.text.contains(test.expect));
+                let grace = Instant::now() + AFTER_READY_GRACE;
+                while !seen(&q) {
+                    if !matches!(q.next_line(grace), Wait::Found(_)) {
+                        break;
+                    }
+                }
+                (None, false)
+            }
+            Wait::Exited(status) => (Some(KernelExit::from_status(status)), false),
+            Wait::TimedOut => (None, true),
+        },
+    };
+    q.kill();
+    let elapsed = format!("{:.1} s", started.elapsed().as_secs_f64());
+    let outcome = if timed_out {
+        TestOutcome::fail(
+            &name,
+            format!("timed out after {} s", BOOT_TEST_TIMEOUT.as_secs()),
+        )
+    } else {
+        match test.judge(&q.texts(), exit) {
+            Ok(()) => TestOutcome::pass(&name, elapsed),
+            Err(reason) => TestOutcome::fail(&name, reason),
+        }
+    };
+    outcome.with_context(failure_context(&q, &log, &machine))
+}
+
+/// Boots the ISO through one firmware to the ready line. `iso` is the ISO's path, or why
+/// there is none.
+pub fn run_iso_boot(
+    iso: Result<&Path, &str>,
+    boot: &IsoBoot,
+    settings: &BootSettings,
+) -> TestOutcome {
+    let name = format!("iso::{}", boot.name);
+    let iso = match iso {
+        Ok(iso) => iso,
+        Err(reason) => return TestOutcome::fail(name, format!("no ISO: {reason}")),
+    };
+    let machine = Machine::iso(iso, boot.firmware);
+    match boot_to_ready(&machine, boot.name, ISO_BOOT_TIMEOUT, settings) {
+        Ok(ready) => TestOutcome::pass(name, format!("{:.1} s to ready", ready.time.as_secs_f64())),
+        Err(failure) => TestOutcome { name, ..failure },
+    }
+}
+
+/// A boot that reached the ready line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    /// Time from QEMU's spawn to the ready line's arrival.
+    pub time: Duration,
+    /// The ready line.
+    pub line: String,
+}
+
+/// Boots `machine` until the ready line, or returns a failed outcome (named `name`) with the
+/// serial tail. QEMU is killed either way.
+pub fn boot_to_ready(
+    machine: &Machine,
+    name: &str,
+    timeout: Duration,
+    settings: &BootSettings,
+) -> Result<Ready, TestOutcome> {
+    let (mut q, log) = settings.spawn(name, machine)?;
+    let deadline = q.spawned_at() + timeout;
+    let result = match q.wait_for(deadline, |l| {
+        protocol::is_ready_line(l) || protocol::is_panic_line(l)
+    }) {
+        Wait::Found(line) if protocol::is_ready_line(&line) => {
+            let at = q.lines().last().map(|l| l.at).unwrap_or_else(Instant::now);
+            Ok(Ready {
+                time: at - q.spawned_at(),
+                line,
+            })
+        }
+        Wait::Found(line) => {
+            q.wait_exit(Instant::now() + EXIT_GRACE);
+            Err(format!("kernel panicked before the ready line: {line}"))
+        }
+        Wait::Exited(status) => Err(format!(
+            "QEMU exited before the ready line: {}",
+            KernelExit::from_status(status)
+        )),
+        Wait::TimedOut => Err(format!("no ready line within {} s", timeout.as_secs())),
+    };
+    q.kill();
+    result.map_err(|reason| {
+        TestOutcome::fail(name, reason).with_context(failure_context(&q, &log, machine))
+    })
+}

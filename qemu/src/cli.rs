@@ -1,0 +1,329 @@
+//! Command-line parsing of the `tether` runner.
+
+use crate::preset::{Firmware, PortForward};
+use crate::test_run::TestOptions;
+
+/// Usage text.
+pub const USAGE: &str = "\
+tether: build Tether and run it in QEMU (TCG), run its tests, its benchmarks.
+
+USAGE (from the repository, through cargo):
+    cargo run --release [-- run] [RUN OPTIONS]   build the kernel and boot it; serial console here
+    cargo run --release -- test [TEST OPTIONS]   run every test; ends with `N passed, N failed`
+    cargo run --release -- iso [--append CMDLINE] [--output PATH]
+                                                 build the bootable hybrid ISO (target/tether.iso)
+    cargo run --release -- bench boot [--boots N] [--verbose]
+                                                 time QEMU start -> ready line, N boots (default 10)
+
+RUN OPTIONS:
+    --boot pvh|bios|uefi     pvh: QEMU loads the ELF (-kernel, default); bios: the ISO under
+                             SeaBIOS; uefi: the ISO under OVMF
+    --append CMDLINE         kernel command line (for bios/uefi it goes into grub.cfg)
+    --smp N                  CPUs (default 2)
+    --memory SIZE            guest memory as QEMU's -m takes it (default 256M)
+    --net usb-user           qemu-xhci + usb-net on QEMU user networking
+    --forward [tcp:|udp:]HOST:GUEST
+                             forward 127.0.0.1:HOST to the guest's port GUEST (implies
+                             --net usb-user); may be repeated
+    --qemu-arg ARG           pass ARG to QEMU as is; may be repeated
+    --dry-run                print the commands instead of running them
+
+TEST OPTIONS:
+    --verbose                echo every boot's serial output, prefixed with its name
+    --skip-host-tests        do not run `cargo test` on the host crates
+    --filter TEXT            run only the boots whose name contains TEXT
+
+Missing host packages (qemu-system-x86, grub-*, xorriso, mtools, ovmf) are installed with
+apt-get when run as root; the kernel's Rust target with rustup.
+";
+
+/// How `tether run` boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BootMode {
+    /// QEMU `-kernel` through the PVH note.
+    #[default]
+    Pvh,
+    /// The ISO through firmware.
+    Iso(Firmware),
+}
+
+/// Options of `tether run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOptions {
+    /// How to boot.
+    pub boot: BootMode,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// CPUs.
+    pub cpus: u32,
+    /// Memory (`-m`).
+    pub memory: String,
+    /// Add the usb-net user-network preset.
+    pub usb_net: bool,
+    /// Ports forwarded from 127.0.0.1.
+    pub forwards: Vec<PortForward>,
+    /// Extra QEMU arguments.
+    pub qemu_args: Vec<String>,
+    /// Print commands instead of running them.
+    pub dry_run: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            boot: BootMode::Pvh,
+            cmdline: String::new(),
+            cpus: 2,
+            memory: "256M".to_string(),
+            usb_net: false,
+            forwards: Vec::new(),
+            qemu_args: Vec::new(),
+            dry_run: false,
+        }
+    }
+}
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cli {
+    /// Boot Tether interactively.
+    Run(RunOptions),
+    /// Run every test.
+    Test(TestOptions),
+    /// Build the ISO.
+    Iso {
+        /// Kernel command line in grub.cfg.
+        cmdline: String,
+        /// Where to write it (default target/tether.iso).
+        output: Option<String>,
+    },
+    /// Boot benchmark.
+    BenchBoot {
+        /// Number of boots.
+        boots: usize,
+        /// Echo serial output.
+        verbose: bool,
+    },
+    /// Print usage.
+    Help,
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Cli, String> {
+    let mut args = args.iter().map(String::as_str).peekable();
+    let command = match args.peek() {
+        Some(first) if !first.starts_with('-') => args.next().unwrap(),
+        _ => "run",
+    };
+    let mut rest = Args {
+        args: args.collect(),
+        index: 0,
+    };
+    match command {
+        "run" => parse_run(&mut rest).map(Cli::Run),
+        "test" => {
+            let mut options = TestOptions::default();
+            while let Some(flag) = rest.next_flag()? {
+                match flag {
+                    "--verbose" | "-v" => options.verbose = true,
+                    "--skip-host-tests" => options.skip_host_tests = true,
+                    "--filter" => options.filter = Some(rest.value(flag)?.to_string()),
+                    _ => return Err(rest.unknown(flag, "test")),
+                }
+            }
+            Ok(Cli::Test(options))
+        }
+        "iso" => {
+            let (mut cmdline, mut output) = (String::new(), None);
+            while let Some(flag) = rest.next_flag()? {
+                match flag {
+                    "--append" => cmdline = rest.value(flag)?.to_string(),
+                    "--output" | "-o" => output = Some(rest.value(flag)?.to_string()),
+                    _ => return Err(rest.unknown(flag, "iso")),
+                }
+            }
+            Ok(Cli::Iso { cmdline, output })
+        }
+        "bench" => {
+            match rest.args.first() {
+                Some(&"boot") => rest.index = 1,
+                Some(other) => return Err(format!("unknown benchmark {other:?} (known: boot)")),
+                None => return Err("`bench` needs a benchmark name: `bench boot`".to_string()),
+            }
+            let (mut boots, mut verbose) = (10, false);
+            while let Some(flag) = rest.next_flag()? {
+                match flag {
+                    "--boots" => boots = rest.number(flag)? as usize,
+                    "--verbose" | "-v" => verbose = true,
+                    _ => return Err(rest.unknown(flag, "bench boot")),
+                }
+            }
+            Ok(Cli::BenchBoot { boots, verbose })
+        }
+        "help" | "--help" | "-h" => Ok(Cli::Help),
+        other => Err(format!("unknown command {other:?}; try `help`")),
+    }
+}
+
+fn parse_run(rest: &mut Args<'_>) -> Result<RunOptions, String> {
+    let mut options = RunOptions::default();
+    while let Some(flag) = rest.next_flag()? {
+        match flag {
+            "--boot" => {
+                options.boot = match rest.value(flag)? {
+                    "pvh" => BootMode::Pvh,
+                    "bios" => BootMode::Iso(Firmware::SeaBios),
+                    "uefi" => BootMode::Iso(Firmware::Ovmf),
+                    other => return Err(format!("--boot {other:?}: expected pvh, bios or uefi")),
+                }
+            }
+            "--append" => options.cmdline = rest.value(flag)?.to_string(),
+            "--smp" => options.cpus = rest.number(flag)?,
+            "--memory" | "-m" => options.memory = rest.value(flag)?.to_string(),
+            "--net" => match rest.value(flag)? {
+                "usb-user" => options.usb_net = true,
+                "none" => options.usb_net = false,
+                other => return Err(format!("--net {other:?}: expected usb-user or none")),
+            },
+            "--forward" => {
+                options
+                    .forwards
+                    .push(PortForward::parse(rest.value(flag)?)?);
+                options.usb_net = true;
+            }
+            "--qemu-arg" => options.qemu_args.push(rest.value(flag)?.to_string()),
+            "--dry-run" => options.dry_run = true,
+            "--help" | "-h" => return Err(USAGE.to_string()),
+            _ => return Err(rest.unknown(flag, "run")),
+        }
+    }
+    if options.cpus == 0 {
+        return Err("--smp must be at least 1".to_string());
+    }
+    Ok(options)
+}
+
+struct Args<'a> {
+    args: Vec<&'a str>,
+    index: usize,
+}
+
+impl<'a> Args<'a> {
+    fn next_flag(&mut self) -> Result<Option<&'a str>, String> {
+        let Some(&arg) = self.args.get(self.index) else {
+            return Ok(None);
+        };
+        self.index += 1;
+        if !arg.starts_with('-') {
+            return Err(format!("unexpected argument {arg:?}"));
+        }
+        Ok(Some(arg))
+    }
+
+    fn value(&mut self, flag: &str) -> Result<&'a str, String> {
+        let value = self
+            .args
+            .get(self.index)
+            .copied()
+            .ok_or_else(|| format!("{flag} needs a value"))?;
+        self.index += 1;
+        Ok(value)
+    }
+
+    fn number(&mut self, flag: &str) -> Result<u32, String> {
+        let value = self.value(flag)?;
+        value
+            .parse()
+            .map_err(|_| format!("{flag} {value:?}: expected a number"))
+    }
+
+    fn unknown(&self, flag: &str, command: &str) -> String {
+        format!("unknown option {flag:?} for `{command}`; try `help`")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(line: &str) -> Result<Cli, String> {
+        let args: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        parse(&args)
+    }
+
+    #[test]
+    fn no_arguments_runs_with_defaults() {
+        assert_eq!(parse_str(""), Ok(Cli::Run(RunOptions::default())));
+        assert_eq!(parse_str("--smp 4"), parse_str("run --smp 4"));
+    }
+
+    #[test]
+    fn run_options() {
+        let Ok(Cli::Run(o)) = parse_str("run --boot uefi --append lockcheck=on --smp 4 -m 1G --forward 8080:80 --qemu-arg -s --dry-run") else {
+            panic!()
+        };
+        assert_eq!(o.boot, BootMode::Iso(Firmware::Ovmf));
+        assert_eq!(o.cmdline, "lockcheck=on");
+        assert_eq!(o.cpus, 4);
+        assert_eq!(o.memory, "1G");
+        assert!(o.usb_net);
+        assert_eq!(o.forwards.len(), 1);
+        assert_eq!(o.qemu_args, ["-s"]);
+        assert!(o.dry_run);
+    }
+
+    #[test]
+    fn test_options() {
+        assert_eq!(parse_str("test"), Ok(Cli::Test(TestOptions::default())));
+        assert_eq!(
+            parse_str("test --verbose --skip-host-tests --filter iso"),
+            Ok(Cli::Test(TestOptions {
+                verbose: true,
+                skip_host_tests: true,
+                filter: Some("iso".into())
+            }))
+        );
+    }
+
+    #[test]
+    fn bench_and_iso() {
+        assert_eq!(
+            parse_str("bench boot"),
+            Ok(Cli::BenchBoot {
+                boots: 10,
+                verbose: false
+            })
+        );
+        assert_eq!(
+            parse_str("bench boot --boots 3"),
+            Ok(Cli::BenchBoot {
+                boots: 3,
+                verbose: false
+            })
+        );
+        assert!(parse_str("bench").is_err());
+        assert!(parse_str("bench net").is_err());
+        assert_eq!(
+            parse_str("iso --append a=1 -o x.iso"),
+            Ok(Cli::Iso {
+                cmdline: "a=1".into(),
+                output: Some("x.iso".into())
+            })
+        );
+    }
+
+    #[test]
+    fn errors_are_clear() {
+        assert!(parse_str("frobnicate")
+            .unwrap_err()
+            .contains("unknown command"));
+        assert!(parse_str("test --fast").unwrap_err().contains("--fast"));
+        assert!(parse_str("run --smp")
+            .unwrap_err()
+            .contains("needs a value"));
+        assert!(parse_str("run --smp two").unwrap_err().contains("number"));
+        assert!(parse_str("run --boot floppy").is_err());
+        assert!(parse_str("run --smp 0").is_err());
+        assert_eq!(parse_str("help"), Ok(Cli::Help));
+    }
+}

@@ -1,0 +1,152 @@
+//! `tether test`: every test, in order — host unit tests, the in-kernel suite, the
+//! crash-on-purpose and warning boots, the ISO under SeaBIOS and OVMF — then `N passed, N failed`.
+
+use crate::boots::{self, BootSettings};
+use crate::deps::{self, Need};
+use crate::host_tests;
+use crate::kernel_build;
+use crate::paths;
+use crate::pool;
+use crate::report::{TestOutcome, Totals};
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tether_tests::boot_tests::{BootTest, BOOT_TESTS};
+use tether_tests::suites::{IsoBoot, ISO_BOOTS};
+
+/// QEMU boots run at once (these hosts have 2 cores; each TCG guest wants more).
+pub const PARALLEL_BOOTS: usize = 2;
+/// Kernel command line baked into the test ISO.
+pub const TEST_ISO_CMDLINE: &str = "";
+
+/// Options of `tether test`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TestOptions {
+    /// Echo every boot's serial output.
+    pub verbose: bool,
+    /// Skip the host unit tests (`cargo test`).
+    pub skip_host_tests: bool,
+    /// Run only boots whose name contains this text.
+    pub filter: Option<String>,
+}
+
+enum BootJob<'a> {
+    KtestSuite,
+    Single(&'a BootTest),
+    Iso(&'a IsoBoot),
+}
+
+impl BootJob<'_> {
+    fn name(&self) -> &str {
+        match self {
+            BootJob::KtestSuite => "ktest_suite",
+            BootJob::Single(test) => test.name,
+            BootJob::Iso(boot) => boot.name,
+        }
+    }
+}
+
+/// Runs every test; returns whether all passed.
+pub fn run_all_tests(options: &TestOptions) -> Result<bool> {
+    let started = Instant::now();
+    deps::ensure_host_tools(&[Need::Qemu, Need::IsoTools, Need::Ovmf])?;
+    let mut totals = Totals::default();
+
+    if options.skip_host_tests {
+        println!("== host unit tests: skipped");
+    } else {
+        println!(
+            "== host unit tests: cargo {}",
+            host_tests::HOST_TEST_ARGS.join(" ")
+        );
+        let (counts, cargo_ok) = host_tests::run_host_tests()?;
+        totals.add_counts(
+            "host unit tests",
+            counts.passed.into(),
+            counts.failed.into(),
+        );
+        if !cargo_ok && counts.failed == 0 {
+            // A build failure or a crashed test binary: no `test result` line says so.
+            totals.add(&TestOutcome::fail(
+                "host_unit_tests",
+                "cargo test failed (see above)",
+            ));
+        }
+        println!(
+            "== host unit tests: {} passed, {} failed in {} test binaries",
+            counts.passed, counts.failed, counts.result_lines
+        );
+    }
+
+    println!("== kernel build");
+    match kernel_build::build_kernel() {
+        Ok(kernel) => run_boots(&kernel, options, &mut totals),
+        Err(e) => {
+            let outcome = TestOutcome::fail("kernel_build", format!("{e:#}"));
+            outcome.print();
+            totals.add(&outcome);
+            println!("== boots skipped: no kernel");
+        }
+    }
+
+    println!("== done in {:.0} s", started.elapsed().as_secs_f64());
+    if !totals.failures.is_empty() {
+        println!("failures:");
+        for name in &totals.failures {
+            println!("    {name}");
+        }
+    }
+    println!("{}", totals.closing_line());
+    Ok(totals.failed == 0)
+}
+
+fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
+    println!("== ISO build");
+    let iso: Result<PathBuf, String> = build_test_iso(kernel).map_err(|e| format!("{e:#}"));
+    match &iso {
+        Ok(path) => println!("ISO: {}", path.display()),
+        Err(e) => println!("ISO build FAILED: {e}"),
+    }
+
+    let mut jobs = vec![BootJob::KtestSuite];
+    jobs.extend(BOOT_TESTS.iter().map(BootJob::Single));
+    jobs.extend(ISO_BOOTS.iter().map(BootJob::Iso));
+    if let Some(filter) = &options.filter {
+        jobs.retain(|job| job.name().contains(filter.as_str()));
+    }
+    let settings = BootSettings {
+        log_dir: paths::test_log_dir(),
+        echo: options.verbose,
+    };
+    println!(
+        "== boots: {} under QEMU/TCG, {PARALLEL_BOOTS} at a time (serial logs in {})",
+        jobs.len(),
+        settings.log_dir.display()
+    );
+    let iso = iso.as_deref().map_err(String::as_str);
+    pool::run_ordered(
+        jobs,
+        PARALLEL_BOOTS,
+        |job| match job {
+            BootJob::KtestSuite => boots::run_ktest_suite(kernel, &settings),
+            BootJob::Single(test) => vec![boots::run_boot_test(kernel, test, &settings)],
+            BootJob::Iso(boot) => vec![boots::run_iso_boot(iso, boot, &settings)],
+        },
+        |outcomes| {
+            for outcome in outcomes {
+                outcome.print();
+                totals.add(&outcome);
+            }
+        },
+    );
+}
+
+/// Builds `target/tether.iso` for the ISO boots.
+fn build_test_iso(kernel: &Path) -> Result<PathBuf> {
+    tether_image::build_iso(&tether_image::IsoSpec {
+        kernel_elf: kernel,
+        cmdline: TEST_ISO_CMDLINE,
+        output: &paths::iso_path(),
+        staging_dir: &paths::iso_staging_dir(),
+    })
+}

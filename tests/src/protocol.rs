@@ -1,0 +1,238 @@
+//! The kernel's serial protocol, as the runner reads it.
+//!
+//! The kernel prints, on COM1:
+//! - a line containing [`READY_MARKER`] once it is up (`TETHER READY cpus=2 uptime_us=81234`);
+//! - a line containing [`PANIC_MARKER`] when it panics;
+//! - in test mode, one `ktest <name> ... ok (<n> ms)` or `ktest <name> ... FAILED: <reason>`
+//!   line per test and a closing `ktest done: N passed, N failed`.
+//!
+//! It leaves QEMU through `isa-debug-exit`, which turns the value written into the process exit
+//! status `(value << 1) | 1`: [`EXIT_SUCCESS`] or [`EXIT_FAILURE`].
+
+/// Text in the line the kernel prints when it is ready.
+pub const READY_MARKER: &str = "TETHER READY";
+/// Text in the line the kernel prints when it panics.
+pub const PANIC_MARKER: &str = "KERNEL PANIC";
+/// QEMU's exit status when the kernel reports success through isa-debug-exit.
+pub const EXIT_SUCCESS: i32 = 33;
+/// QEMU's exit status when the kernel reports failure or panics.
+pub const EXIT_FAILURE: i32 = 35;
+
+/// Whether a serial line is the kernel's ready line.
+pub fn is_ready_line(line: &str) -> bool {
+    line.contains(READY_MARKER)
+}
+
+/// Whether a serial line reports a kernel panic.
+pub fn is_panic_line(line: &str) -> bool {
+    line.contains(PANIC_MARKER)
+}
+
+/// What QEMU's exit status says about the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelExit {
+    /// The kernel wrote its success code (status 33).
+    Success,
+    /// The kernel wrote its failure code or panicked (status 35).
+    Failure,
+    /// Any other status: QEMU itself failed, or the guest reset with `-no-reboot`
+    /// (triple fault), or the process was killed by a signal (`None`).
+    Other(Option<i32>),
+}
+
+impl KernelExit {
+    /// Interprets QEMU's process exit status.
+    pub fn from_status(code: Option<i32>) -> Self {
+        match code {
+            Some(EXIT_SUCCESS) => KernelExit::Success,
+            Some(EXIT_FAILURE) => KernelExit::Failure,
+            other => KernelExit::Other(other),
+        }
+    }
+}
+
+impl std::fmt::Display for KernelExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelExit::Success => write!(f, "kernel success (exit status {EXIT_SUCCESS})"),
+            KernelExit::Failure => write!(f, "kernel failure (exit status {EXIT_FAILURE})"),
+            KernelExit::Other(Some(code)) => write!(f, "QEMU exit status {code}"),
+            KernelExit::Other(None) => write!(f, "QEMU killed by a signal"),
+        }
+    }
+}
+
+/// One line of the in-kernel test suite's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KtestLine {
+    /// `ktest <name> ... ok (<n> ms)`
+    Passed {
+        /// Test name.
+        name: String,
+        /// Duration the kernel reported, when it gave one.
+        millis: Option<u64>,
+    },
+    /// `ktest <name> ... FAILED: <reason>`
+    Failed {
+        /// Test name.
+        name: String,
+        /// The kernel's reason text.
+        reason: String,
+    },
+    /// `ktest done: N passed, N failed`
+    Done {
+        /// Count the kernel reported as passed.
+        passed: u32,
+        /// Count the kernel reported as failed.
+        failed: u32,
+    },
+}
+
+/// Parses a `ktest` line; `None` for any other line.
+///
+/// The marker may be preceded by a log prefix (a timestamp, a CPU number), so it is searched
+/// for anywhere in the line.
+pub fn parse_ktest_line(line: &str) -> Option<KtestLine> {
+    let line = line.trim_end();
+    let start = find_word(line, "ktest ")?;
+    let rest = &line[start + "ktest ".len()..];
+    if let Some(counts) = rest.strip_prefix("done:") {
+        let (passed, failed) = parse_counts(counts)?;
+        return Some(KtestLine::Done { passed, failed });
+    }
+    let (name, outcome) = rest.split_once(" ... ")?;
+    let name = name.trim();
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return None;
+    }
+    let outcome = outcome.trim();
+    if let Some(reason) = outcome.strip_prefix("FAILED") {
+        let reason = reason.trim_start_matches(':').trim();
+        return Some(KtestLine::Failed {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+    if outcome == "ok" || outcome.starts_with("ok ") {
+        let millis = outcome
+            .strip_prefix("ok")
+            .map(str::trim)
+            .and_then(|t| t.strip_prefix('('))
+            .and_then(|t| t.strip_suffix(')'))
+            .and_then(|t| t.trim().strip_suffix("ms"))
+            .and_then(|t| t.trim().parse().ok());
+        return Some(KtestLine::Passed {
+            name: name.to_string(),
+            millis,
+        });
+    }
+    None
+}
+
+/// Position of `word` in `line` where it starts the line or follows a non-alphanumeric byte.
+fn find_word(line: &str, word: &str) -> Option<usize> {
+    line.match_indices(word).map(|(i, _)| i).find(|&i| {
+        i == 0 || !line.as_bytes()[i - 1].is_ascii_alphanumeric() && line.as_bytes()[i - 1] != b'_'
+    })
+}
+
+/// Parses `N passed, N failed` (surrounding text allowed after the counts).
+pub fn parse_counts(text: &str) -> Option<(u32, u32)> {
+    let mut passed = None;
+    let mut failed = None;
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+        .filter(|w| !w.is_empty())
+        .collect();
+    for pair in words.windows(2) {
+        let Ok(number) = pair[0].parse::<u32>() else {
+            continue;
+        };
+        match pair[1] {
+            "passed" => passed = passed.or(Some(number)),
+            "failed" => failed = failed.or(Some(number)),
+            _ => {}
+        }
+    }
+    Some((passed?, failed?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_and_panic_lines() {
+        assert!(is_ready_line("TETHER READY cpus=2 uptime_us=81234"));
+        assert!(is_ready_line("[0.081] TETHER READY"));
+        assert!(!is_ready_line("tether ready"));
+        assert!(is_panic_line("KERNEL PANIC on cpu 1: oops"));
+    }
+
+    #[test]
+    fn exit_status_meaning() {
+        assert_eq!(KernelExit::from_status(Some(33)), KernelExit::Success);
+        assert_eq!(KernelExit::from_status(Some(35)), KernelExit::Failure);
+        assert_eq!(KernelExit::from_status(Some(0)), KernelExit::Other(Some(0)));
+        assert_eq!(KernelExit::from_status(None), KernelExit::Other(None));
+    }
+
+    #[test]
+    fn ktest_passed_with_and_without_time() {
+        assert_eq!(
+            parse_ktest_line("ktest mutex_fairness ... ok (12 ms)"),
+            Some(KtestLine::Passed {
+                name: "mutex_fairness".into(),
+                millis: Some(12)
+            })
+        );
+        assert_eq!(
+            parse_ktest_line("ktest spin_basic ... ok\r"),
+            Some(KtestLine::Passed {
+                name: "spin_basic".into(),
+                millis: None
+            })
+        );
+    }
+
+    #[test]
+    fn ktest_failed_keeps_reason() {
+        assert_eq!(
+            parse_ktest_line("[ 1.5 cpu1] ktest condvar_timeout ... FAILED: woke after 0 ms"),
+            Some(KtestLine::Failed {
+                name: "condvar_timeout".into(),
+                reason: "woke after 0 ms".into()
+            })
+        );
+    }
+
+    #[test]
+    fn ktest_done_counts() {
+        assert_eq!(
+            parse_ktest_line("ktest done: 17 passed, 2 failed"),
+            Some(KtestLine::Done {
+                passed: 17,
+                failed: 2
+            })
+        );
+    }
+
+    #[test]
+    fn other_lines_are_not_ktest() {
+        assert_eq!(parse_ktest_line("TETHER READY cpus=2"), None);
+        assert_eq!(parse_ktest_line("ktest: starting 12 tests"), None);
+        assert_eq!(parse_ktest_line("mktest foo ... ok"), None);
+        assert_eq!(parse_ktest_line("ktest foo ... running"), None);
+        assert_eq!(parse_ktest_line("ktest done: soon"), None);
+    }
+
+    #[test]
+    fn counts_accept_cargo_and_plain_forms() {
+        assert_eq!(parse_counts("3 passed, 1 failed"), Some((3, 1)));
+        assert_eq!(
+            parse_counts(" ok. 5 passed; 0 failed; 1 ignored; 0 measured"),
+            Some((5, 0))
+        );
+        assert_eq!(parse_counts("5 passed"), None);
+    }
+}
