@@ -18,11 +18,15 @@ pub fn validate_cmdline(cmdline: &str) -> Result<(), String> {
 
 /// The `grub.cfg` text for a kernel command line (checked with [`validate_cmdline`] first).
 ///
-/// - `timeout=0`: boot at once, no menu wait.
-/// - Serial console on COM1 at 115200 baud, plus `gfxterm` when a font and a video mode can be
-///   had (UEFI GOP or VBE); each step is guarded so a machine without one still boots.
-/// - `gfxpayload=keep` hands the framebuffer GRUB set up to the kernel (multiboot2 framebuffer
-///   tag) instead of switching back to text mode.
+/// - `timeout=0`, menu hidden: boot at once.
+/// - GRUB's messages go to the firmware console (screen) and, when the machine has one, to
+///   COM1 at 115200 baud. Under UEFI the firmware console may itself be mirrored to serial, so
+///   lines can appear twice there.
+/// - `all_video` + `gfxpayload=keep`: the video mode GRUB sets for the kernel's multiboot2
+///   framebuffer request is kept and handed over, so a PC without COM1 can show the console.
+///   GRUB's own `gfxterm` is not used: under SeaBIOS on a machine without a video card
+///   (QEMU `-nodefaults`) enabling it hangs the boot, and the text console shows GRUB's few
+///   lines well enough.
 pub fn grub_cfg(cmdline: &str) -> String {
     let cmdline = cmdline.trim();
     let multiboot_line = if cmdline.is_empty() {
@@ -36,17 +40,15 @@ set timeout=0
 set timeout_style=hidden
 set default=0
 
-serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1
-terminal_input serial console
-terminal_output serial console
-
-# A framebuffer console too, for machines without COM1.
-insmod all_video
-if loadfont unicode; then
-  insmod gfxterm
-  set gfxmode=auto
-  if terminal_output --append gfxterm; then true; fi
+terminal_input console
+terminal_output console
+if serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1; then
+  terminal_input --append serial
+  terminal_output --append serial
 fi
+
+# Keep the framebuffer GRUB sets up for the kernel (multiboot2 framebuffer tag).
+insmod all_video
 set gfxpayload=keep
 
 menuentry "Tether" {{
@@ -67,7 +69,11 @@ mod tests {
         let cfg = grub_cfg("test=all lockcheck=on");
         assert!(cfg.contains("set timeout=0\n"));
         assert!(cfg.contains("serial --unit=0 --speed=115200"));
-        assert!(cfg.contains("terminal_output serial"));
+        assert!(cfg.contains("terminal_output --append serial"));
+        assert!(
+            !cfg.contains("gfxterm"),
+            "gfxterm hangs SeaBIOS boots without a video card"
+        );
         assert!(cfg.contains("set gfxpayload=keep"));
         assert!(cfg.contains("multiboot2 /boot/tether-kernel test=all lockcheck=on\n"));
         assert!(cfg.contains("  boot\n"));

@@ -45,7 +45,7 @@ pub fn failure_context(q: &Instance, log: &Path, machine: &Machine) -> Vec<Strin
     if tail.is_empty() {
         lines.push("  (no serial output)".to_string());
     }
-    lines.extend(tail.into_iter().map(|l| format!("  {l}")));
+    lines.extend(tail.iter().map(|l| format!("  {}", printable(l))));
     let stderr = q.stderr_text();
     if !stderr.trim().is_empty() {
         lines.push("QEMU stderr:".to_string());
@@ -54,6 +54,30 @@ pub fn failure_context(q: &Instance, log: &Path, machine: &Machine) -> Vec<Strin
     lines.push(format!("full serial log: {}", log.display()));
     lines.push(format!("QEMU command: {machine}"));
     lines
+}
+
+/// A serial line fit for the terminal: firmware's ANSI escape sequences and other control
+/// characters removed (the log file keeps the raw bytes).
+pub fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters... final byte in '@'..='~'; other escapes: ESC + one char.
+            if chars.next_if_eq(&'[').is_some() {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else if !c.is_control() || c == '\t' {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Boots the in-kernel test suite (`test=all lockcheck=on`, PVH, -smp 2). One outcome per
@@ -213,4 +237,19 @@ pub fn boot_to_ready(
     result.map_err(|reason| {
         TestOutcome::fail(name, reason).with_context(failure_context(&q, &log, machine))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_strips_escape_sequences() {
+        assert_eq!(
+            printable("\u{1b}[0m\u{1b}[30m\u{1b}[47mWelcome to GRUB!\u{1b}[2J\u{1b}[01;01H"),
+            "Welcome to GRUB!"
+        );
+        assert_eq!(printable("\u{1b}[=3hok\u{7}\tx"), "ok\tx");
+        assert_eq!(printable("TETHER READY cpus=2"), "TETHER READY cpus=2");
+    }
 }

@@ -43,7 +43,7 @@ const HOST_ITEMS: &[HostItem] = &[
     HostItem {
         need: Need::IsoTools,
         what: "GRUB BIOS files (/usr/lib/grub/i386-pc)",
-        present: || Path::new("/usr/lib/grub/i386-pc/eltorito.img").is_file(),
+        present: || Path::new("/usr/lib/grub/i386-pc/cdboot.img").is_file(),
         package: "grub-pc-bin",
     },
     HostItem {
