@@ -22,25 +22,42 @@ unsafe impl<T: ?Sized + Send> Send for RawSpinLock<T> {}
 
 impl<T> RawSpinLock<T> {
     pub const fn new(value: T) -> Self {
-        RawSpinLock { locked: AtomicBool::new(false), data: UnsafeCell::new(value) }
+        RawSpinLock {
+            locked: AtomicBool::new(false),
+            data: UnsafeCell::new(value),
+        }
     }
 }
 
 impl<T: ?Sized> RawSpinLock<T> {
     pub fn lock(&self) -> RawSpinGuard<'_, T> {
         let irq_was_on = interrupts::disable_save();
-        while self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        while self
+            .locked
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             while self.locked.load(Ordering::Relaxed) {
                 core::hint::spin_loop();
             }
         }
-        RawSpinGuard { lock: self, irq_was_on }
+        RawSpinGuard {
+            lock: self,
+            irq_was_on,
+        }
     }
 
     pub fn try_lock(&self) -> Option<RawSpinGuard<'_, T>> {
         let irq_was_on = interrupts::disable_save();
-        if self.locked.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-            Some(RawSpinGuard { lock: self, irq_was_on })
+        if self
+            .locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            Some(RawSpinGuard {
+                lock: self,
+                irq_was_on,
+            })
         } else {
             interrupts::restore(irq_was_on);
             None

@@ -1,0 +1,1 @@
+//! Deferred work: task queues and callouts.

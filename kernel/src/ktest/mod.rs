@@ -1,0 +1,2 @@
+//! The in-kernel test suite.
+pub fn run(_which: &str) {}
