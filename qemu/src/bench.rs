@@ -6,6 +6,7 @@ use crate::kernel_build;
 use crate::paths;
 use crate::preset::Machine;
 use anyhow::{bail, Result};
+use std::path::Path;
 use std::time::Duration;
 
 /// The target the issue sets for the median.
@@ -58,12 +59,12 @@ fn ms(d: Duration) -> String {
 }
 
 /// Runs the boot benchmark with `boots` boots and prints its table.
-pub fn bench_boot(boots: usize, verbose: bool) -> Result<()> {
+pub fn bench_boot(boots: usize, verbose: bool, kernel: Option<&Path>) -> Result<()> {
     if boots == 0 {
         bail!("--boots must be at least 1");
     }
     deps::ensure_host_tools(&[Need::Qemu])?;
-    let kernel = kernel_build::build_kernel()?;
+    let kernel = kernel_build::prebuilt_or_build(kernel)?;
     let settings = BootSettings {
         log_dir: paths::repo_root().join("target/bench-logs"),
         echo: verbose,

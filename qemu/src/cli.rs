@@ -2,6 +2,7 @@
 
 use crate::preset::{Firmware, PortForward};
 use crate::test_run::TestOptions;
+use std::path::PathBuf;
 
 /// Usage text.
 pub const USAGE: &str = "\
@@ -26,12 +27,16 @@ RUN OPTIONS:
                              forward 127.0.0.1:HOST to the guest's port GUEST (implies
                              --net usb-user); may be repeated
     --qemu-arg ARG           pass ARG to QEMU as is; may be repeated
+    --kernel ELF             boot this kernel ELF instead of building one (also for test, bench)
     --dry-run                print the commands instead of running them
 
 TEST OPTIONS:
     --verbose                echo every boot's serial output, prefixed with its name
     --skip-host-tests        do not run `cargo test` on the host crates
     --filter TEXT            run only the boots whose name contains TEXT
+
+ENVIRONMENT:
+    TETHER_QEMU              QEMU binary to run instead of qemu-system-x86_64
 
 Missing host packages (qemu-system-x86, grub-*, xorriso, mtools, ovmf) are installed with
 apt-get when run as root; the kernel's Rust target with rustup.
@@ -66,6 +71,8 @@ pub struct RunOptions {
     pub qemu_args: Vec<String>,
     /// Print commands instead of running them.
     pub dry_run: bool,
+    /// Boot this kernel ELF instead of building one.
+    pub kernel: Option<PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -79,6 +86,7 @@ impl Default for RunOptions {
             forwards: Vec::new(),
             qemu_args: Vec::new(),
             dry_run: false,
+            kernel: None,
         }
     }
 }
@@ -103,6 +111,8 @@ pub enum Cli {
         boots: usize,
         /// Echo serial output.
         verbose: bool,
+        /// Boot this kernel ELF instead of building one.
+        kernel: Option<PathBuf>,
     },
     /// Print usage.
     Help,
@@ -128,6 +138,7 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
                     "--verbose" | "-v" => options.verbose = true,
                     "--skip-host-tests" => options.skip_host_tests = true,
                     "--filter" => options.filter = Some(rest.value(flag)?.to_string()),
+                    "--kernel" => options.kernel = Some(rest.value(flag)?.into()),
                     _ => return Err(rest.unknown(flag, "test")),
                 }
             }
@@ -150,15 +161,20 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
                 Some(other) => return Err(format!("unknown benchmark {other:?} (known: boot)")),
                 None => return Err("`bench` needs a benchmark name: `bench boot`".to_string()),
             }
-            let (mut boots, mut verbose) = (10, false);
+            let (mut boots, mut verbose, mut kernel) = (10, false, None);
             while let Some(flag) = rest.next_flag()? {
                 match flag {
                     "--boots" => boots = rest.number(flag)? as usize,
                     "--verbose" | "-v" => verbose = true,
+                    "--kernel" => kernel = Some(rest.value(flag)?.into()),
                     _ => return Err(rest.unknown(flag, "bench boot")),
                 }
             }
-            Ok(Cli::BenchBoot { boots, verbose })
+            Ok(Cli::BenchBoot {
+                boots,
+                verbose,
+                kernel,
+            })
         }
         "help" | "--help" | "-h" => Ok(Cli::Help),
         other => Err(format!("unknown command {other:?}; try `help`")),
@@ -193,6 +209,7 @@ fn parse_run(rest: &mut Args<'_>) -> Result<RunOptions, String> {
             }
             "--qemu-arg" => options.qemu_args.push(rest.value(flag)?.to_string()),
             "--dry-run" => options.dry_run = true,
+            "--kernel" => options.kernel = Some(rest.value(flag)?.into()),
             "--help" | "-h" => return Err(USAGE.to_string()),
             _ => return Err(rest.unknown(flag, "run")),
         }
@@ -280,7 +297,8 @@ mod tests {
             Ok(Cli::Test(TestOptions {
                 verbose: true,
                 skip_host_tests: true,
-                filter: Some("iso".into())
+                filter: Some("iso".into()),
+                kernel: None
             }))
         );
     }
@@ -291,14 +309,16 @@ mod tests {
             parse_str("bench boot"),
             Ok(Cli::BenchBoot {
                 boots: 10,
-                verbose: false
+                verbose: false,
+                kernel: None
             })
         );
         assert_eq!(
             parse_str("bench boot --boots 3"),
             Ok(Cli::BenchBoot {
                 boots: 3,
-                verbose: false
+                verbose: false,
+                kernel: None
             })
         );
         assert!(parse_str("bench").is_err());

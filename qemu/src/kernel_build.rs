@@ -4,7 +4,7 @@ use crate::deps;
 use crate::paths::{cargo, kernel_elf, kernel_target_dir, repo_root, KERNEL_TARGET};
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The cargo arguments of the kernel build.
@@ -28,6 +28,15 @@ pub fn kernel_build_args() -> Vec<OsString> {
 /// The kernel build as a shell line (for `--dry-run`).
 pub fn kernel_build_line() -> String {
     crate::preset::shell_line("cargo", &kernel_build_args())
+}
+
+/// The given prebuilt kernel ELF (`--kernel`), or a fresh build.
+pub fn prebuilt_or_build(prebuilt: Option<&Path>) -> Result<PathBuf> {
+    match prebuilt {
+        Some(elf) if elf.is_file() => Ok(elf.to_path_buf()),
+        Some(elf) => bail!("kernel ELF {} not found", elf.display()),
+        None => build_kernel(),
+    }
 }
 
 /// Installs the kernel target if needed, builds the kernel (cargo's output goes to the

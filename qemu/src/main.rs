@@ -24,7 +24,11 @@ fn main() -> ExitCode {
                 println!("{}", iso.display());
                 0
             }),
-        cli::Cli::BenchBoot { boots, verbose } => bench::bench_boot(boots, verbose).map(|()| 0),
+        cli::Cli::BenchBoot {
+            boots,
+            verbose,
+            kernel,
+        } => bench::bench_boot(boots, verbose, kernel.as_deref()).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

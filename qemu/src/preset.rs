@@ -11,6 +11,17 @@ pub use tether_tests::suites::Firmware;
 
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
+/// Environment variable naming another QEMU binary (a newer build, or a stand-in script that
+/// exercises the runner without a kernel).
+pub const QEMU_ENV: &str = "TETHER_QEMU";
+
+/// The QEMU program to run: `$TETHER_QEMU`, else [`QEMU`] from PATH.
+pub fn qemu_program() -> String {
+    std::env::var(QEMU_ENV)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| QEMU.to_string())
+}
 /// Debian's OVMF (UEFI firmware). Passed as read-only `-bios`: a shared writable variable store
 /// drops into the UEFI shell instead of booting the CD.
 pub const OVMF_PATH: &str = "/usr/share/ovmf/OVMF.fd";
@@ -206,7 +217,7 @@ impl Machine {
 
     /// The QEMU command, ready to have its stdio set and be spawned.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(QEMU);
+        let mut cmd = Command::new(qemu_program());
         cmd.args(self.args());
         cmd
     }
@@ -215,7 +226,7 @@ impl Machine {
 /// Shows the command as a shell would take it (for `--dry-run` and error messages).
 impl fmt::Display for Machine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", shell_line(QEMU, &self.args()))
+        write!(f, "{}", shell_line(&qemu_program(), &self.args()))
     }
 }
 

@@ -13,7 +13,7 @@ use tether_tests::protocol::KernelExit;
 pub fn machine_for(options: &RunOptions) -> Machine {
     let boot = match options.boot {
         BootMode::Pvh => Boot::Pvh {
-            kernel: paths::kernel_elf(),
+            kernel: options.kernel.clone().unwrap_or_else(paths::kernel_elf),
             cmdline: options.cmdline.clone(),
         },
         BootMode::Iso(firmware) => Boot::Iso {
@@ -60,7 +60,7 @@ pub fn run_interactive(options: &RunOptions) -> Result<i32> {
         }
     }
     deps::ensure_host_tools(&needs)?;
-    let kernel = kernel_build::build_kernel()?;
+    let kernel = kernel_build::prebuilt_or_build(options.kernel.as_deref())?;
     if let BootMode::Iso(_) = options.boot {
         build_iso(&kernel, &options.cmdline, &paths::iso_path())?;
     }
