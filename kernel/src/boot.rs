@@ -38,7 +38,21 @@ pub struct BootState {
 }
 
 static STATE: spin::Once<BootState> = spin::Once::new();
+static PLATFORM: spin::Once<platform::Platform> = spin::Once::new();
 static AP_STACKS: RawSpinLock<Vec<Option<KernelStack>>> = RawSpinLock::new(Vec::new());
+
+/// Where an ISA IRQ arrives (GSI, polarity, trigger), per the firmware's overrides.
+pub fn isa_irq(irq: u8) -> platform::IsaOverride {
+    PLATFORM.get().map_or(
+        platform::IsaOverride {
+            irq,
+            gsi: u32::from(irq),
+            active_low: false,
+            level_triggered: false,
+        },
+        |p| p.isa_irq(irq),
+    )
+}
 
 pub fn state() -> &'static BootState {
     STATE.get().expect("boot state")
@@ -104,7 +118,8 @@ extern "C" fn kernel_entry(loader_magic: u32, info_phys: u32) -> ! {
     interrupts::enable();
 
     start_application_processors(&platform, &boot.cmdline);
-    sched::Spawn::new("main").start(move || main_thread(platform));
+    PLATFORM.call_once(|| platform);
+    sched::Spawn::new("main").start(main_thread);
     sched::idle_loop()
 }
 
@@ -187,9 +202,9 @@ extern "C" fn ap_entry(index: u64) -> ! {
     sched::idle_loop()
 }
 
-fn main_thread(platform: platform::Platform) {
+fn main_thread() {
+    crate::deferred::init_callouts();
     pci::init();
-    let _ = platform;
     let cmdline = Cmdline::parse(&state().cmdline).ok();
     let test = cmdline
         .as_ref()

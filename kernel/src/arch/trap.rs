@@ -177,7 +177,9 @@ fn dump_registers(f: &TrapFrame, cr2: u64) {
 /// checked to lie in identity-mapped RAM or a stack before being read.
 pub fn backtrace(mut rbp: u64, rip: u64) {
     kprintln!("  backtrace (resolve with addr2line -e tether-kernel):");
-    kprintln!("    #0 {:#018x}", rip);
+    if rip != 0 {
+        kprintln!("    #0 {:#018x}", rip);
+    }
     for depth in 1..32 {
         if rbp == 0 || rbp % 8 != 0 || !crate::mem::readable(rbp, 16) {
             break;

@@ -305,6 +305,7 @@ pub fn yield_now() {
 }
 
 /// Sleeps for at least `ns` nanoseconds.
+#[track_caller]
 pub fn sleep_ns(ns: u64) {
     crate::sync::checker::assert_may_block("sleep");
     let was_on = interrupts::disable_save();
@@ -313,6 +314,7 @@ pub fn sleep_ns(ns: u64) {
     interrupts::restore(was_on);
 }
 
+#[track_caller]
 pub fn sleep_ms(ms: u64) {
     sleep_ns(ms * 1_000_000);
 }

@@ -166,7 +166,6 @@ pub fn on_acquire(
                 *LAST_INVERSION.lock() = Some((inversion.held_name(), inversion.acquiring_name()));
                 drop(order);
                 log::warn!(target: "lockcheck", "{inversion}");
-                kprintln!("lockcheck: {}", inversion);
             }
         }
         held.push(Held {
