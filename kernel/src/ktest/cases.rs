@@ -39,6 +39,10 @@ pub static ALL: &[(&str, fn() -> TestResult)] = &[
     ("callout_cancel_races_run", callout_cancel_races_run),
     ("trace_ring_records", trace_ring_records),
     ("ioapic_routes_pit_interrupt", ioapic_routes_pit_interrupt),
+    (
+        "msi_delivered_from_pci_device",
+        msi_delivered_from_pci_device,
+    ),
 ];
 
 const MS: u64 = 1_000_000;
@@ -723,5 +727,61 @@ fn ioapic_routes_pit_interrupt() -> TestResult {
     ensure!(got, "no PIT interrupt within 500 ms");
     ensure!(PIT_IRQS.load(Ordering::Relaxed) >= 1, "handler did not run");
     ensure!(interrupts::are_enabled(), "interrupts left off");
+    Ok(())
+}
+
+static EDU_MMIO: AtomicU64 = AtomicU64::new(0);
+static EDU_IRQS: AtomicU64 = AtomicU64::new(0);
+static EDU_WAKE: Semaphore = Semaphore::new(0);
+
+/// Interrupt context: acknowledge the device and wake the waiting thread, nothing more.
+fn edu_handler(_vector: u8) {
+    let base = EDU_MMIO.load(Ordering::Acquire);
+    if base != 0 {
+        // SAFETY: the edu BAR is mapped uncached; 0x24 is its interrupt status, 0x64 the ack.
+        unsafe {
+            let status = core::ptr::read_volatile((base + 0x24) as *const u32);
+            core::ptr::write_volatile((base + 0x64) as *mut u32, status);
+        }
+    }
+    EDU_IRQS.fetch_add(1, Ordering::Relaxed);
+    EDU_WAKE.up();
+}
+
+/// MSI end to end with QEMU's `edu` test device (the runner adds `-device edu` to this boot):
+/// allocate a vector, program the MSI capability, make the device raise, wait for the wake.
+fn msi_delivered_from_pci_device() -> TestResult {
+    let function = crate::pci::functions()
+        .iter()
+        .find(|f| f.vendor_id == 0x1234 && f.device_id == 0x11e8)
+        .ok_or_else(|| {
+            alloc::string::String::from(
+                "no edu device 1234:11e8 (the suite boots with -device edu)",
+            )
+        })?;
+    let bar = function.bars[0].ok_or_else(|| alloc::string::String::from("edu has no BAR0"))?;
+    let base = crate::mem::paging::map_mmio(bar.address(), bar.size()) as u64;
+    EDU_MMIO.store(base, Ordering::Release);
+    let vector = crate::pci::allocate_vector(edu_handler)
+        .ok_or_else(|| alloc::string::String::from("no free vector"))?;
+    crate::pci::enable_msi(
+        function,
+        vector,
+        cpu::get(1).unwrap_or_else(cpu::this).apic_id,
+    )
+    .map_err(|e| alloc::format!("MSI set-up: {e:?}"))?;
+    for round in 0..3u32 {
+        // SAFETY: 0x60 is edu's "raise interrupt" register in its mapped BAR.
+        unsafe { core::ptr::write_volatile((base + 0x60) as *mut u32, 1 << round) };
+        ensure!(
+            EDU_WAKE.down_timeout(500 * MS),
+            "round {round}: no MSI within 500 ms"
+        );
+    }
+    ensure!(
+        EDU_IRQS.load(Ordering::Relaxed) == 3,
+        "{} interrupts for 3 raises",
+        EDU_IRQS.load(Ordering::Relaxed)
+    );
     Ok(())
 }
