@@ -217,5 +217,8 @@ fn main_thread() {
     );
     if let Some(which) = test {
         crate::ktest::run(&which);
+    } else {
+        crate::shell::start();
+        kprint!("tether> ");
     }
 }

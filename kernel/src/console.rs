@@ -36,6 +36,17 @@ pub fn try_read_byte() -> Option<u8> {
     guard.as_mut().and_then(|port| port.try_receive().ok())
 }
 
+/// Asks COM1 to interrupt when a byte arrives (IER bit 0).
+pub fn enable_receive_interrupt() {
+    let _guard = COM1.lock();
+    // SAFETY: COM1's interrupt-enable register (base + 1) and modem control (base + 4, OUT2
+    // gates the IRQ line on PCs); the lock keeps other console users out meanwhile.
+    unsafe {
+        x86_64::instructions::port::Port::<u8>::new(0x3F9).write(0x01);
+        x86_64::instructions::port::Port::<u8>::new(0x3FC).write(0x0B);
+    }
+}
+
 /// For the panic path: make sure the console can be written even if its lock was held.
 pub fn break_lock_for_panic() {
     // SAFETY: the panicking CPU has stopped the others (or is alone); whoever held the lock

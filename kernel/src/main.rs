@@ -29,16 +29,21 @@ mod deferred;
 #[cfg(target_os = "none")]
 mod ktest;
 #[cfg(target_os = "none")]
+#[allow(dead_code, unused_imports)] // driver-facing API; the USB stack is its next user
 mod mem;
 #[cfg(target_os = "none")]
 mod panic;
 #[cfg(target_os = "none")]
+#[allow(dead_code, unused_imports)] // driver-facing API; the USB stack is its next user
 mod pci;
 #[cfg(target_os = "none")]
 mod platform;
 #[cfg(target_os = "none")]
 mod sched;
 #[cfg(target_os = "none")]
+mod shell;
+#[cfg(target_os = "none")]
+#[allow(dead_code, unused_imports)] // driver-facing API; the USB stack is its next user
 mod sync;
 #[cfg(target_os = "none")]
 mod time;

@@ -8,7 +8,6 @@ use super::msr;
 pub const TIMER_VECTOR: u8 = 0xFE;
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
 pub const RESCHEDULE_VECTOR: u8 = 0xF0;
-pub const STOP_VECTOR: u8 = 0xF1;
 
 const REG_ID: u32 = 0x20;
 const REG_TPR: u32 = 0x80;

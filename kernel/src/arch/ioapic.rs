@@ -6,9 +6,8 @@ use alloc::vec::Vec;
 use crate::platform::{IoApicInfo, Platform};
 use crate::sync::raw::RawSpinLock;
 
-/// GSIs map to vectors 0x30 + gsi (up to 0x30 + 47).
+/// GSIs map to vectors 0x30 + gsi (up to 0x30 + 31).
 pub const GSI_VECTOR_BASE: u8 = 0x30;
-pub const MAX_GSI: u32 = 48;
 
 struct IoApic {
     base: *mut u32,

@@ -60,7 +60,10 @@ pub fn alloc(
                     // Sub-page pools always come from below 4 GiB so any device can use them.
                     let page = frames::alloc_contiguous(1, 4096, Some(4 << 30))
                         .ok_or(DmaAllocError::OutOfMemory)?;
-                    pool.add_page(block, page);
+                    if pool.add_page(block, page).is_err() {
+                        frames::free(page, 1);
+                        return Err(DmaAllocError::OutOfMemory);
+                    }
                     pool.alloc(block).ok_or(DmaAllocError::OutOfMemory)?
                 }
             }

@@ -454,7 +454,8 @@ fn schedule() {
         }
         None => sched.idle_thread.get().expect("idle thread").clone(),
     };
-    drop(queue.unlock_keep_irqs_off());
+    // Interrupts were already off on entry; they stay off through the switch.
+    let _ = queue.unlock_keep_irqs_off();
 
     if core::ptr::eq(Arc::as_ptr(&next), current) {
         current

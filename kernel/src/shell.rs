@@ -1,0 +1,131 @@
+//! The serial console's command shell, for an operator at a PC's COM port or QEMU's terminal.
+//! COM1's receive interrupt (IRQ 4 through the I/O APIC) only wakes the `console` thread; the
+//! thread reads the bytes and runs commands. More commands arrive with the network issues.
+
+use alloc::string::String;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use tether_kcore::cmdline::LevelSpec;
+
+use crate::arch::{ioapic, trap};
+use crate::mem::{frames, heap};
+use crate::sched::{self, Priority};
+use crate::sync::Semaphore;
+use crate::{console, cpu, time, trace};
+
+static INPUT: Semaphore = Semaphore::new(0);
+static IRQS: AtomicU64 = AtomicU64::new(0);
+
+fn com1_interrupt(_vector: u8) {
+    IRQS.fetch_add(1, Ordering::Relaxed);
+    INPUT.up();
+}
+
+/// Routes COM1's interrupt and starts the console thread.
+pub fn start() {
+    let irq = crate::boot::isa_irq(4);
+    let vector = ioapic::GSI_VECTOR_BASE + irq.gsi as u8;
+    trap::set_handler(vector, com1_interrupt);
+    if let Err(error) = ioapic::route(
+        irq.gsi,
+        vector,
+        cpu::this().apic_id,
+        irq.active_low,
+        irq.level_triggered,
+    ) {
+        log::warn!("console: no interrupt for COM1 ({error}); console input disabled");
+        return;
+    }
+    console::enable_receive_interrupt();
+    sched::Spawn::new("console")
+        .priority(Priority::Driver)
+        .start(run);
+}
+
+fn run() {
+    let mut line = String::new();
+    loop {
+        INPUT.down();
+        while let Some(byte) = console::try_read_byte() {
+            match byte {
+                b'\r' | b'\n' => {
+                    kprintln!();
+                    execute(line.trim());
+                    line.clear();
+                    kprint!("tether> ");
+                }
+                0x08 | 0x7F => {
+                    if line.pop().is_some() {
+                        kprint!("\x08 \x08");
+                    }
+                }
+                0x20..=0x7E if line.len() < 256 => {
+                    line.push(byte as char);
+                    kprint!("{}", byte as char);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn execute(line: &str) {
+    let mut words = line.split_whitespace();
+    match words.next() {
+        None => {}
+        Some("help") => kprintln!(
+            "commands: help | threads | cpus | mem | trace [N] | log [SPEC] | uptime\n  log SPEC sets console levels, e.g. `log warn,sched=debug`"
+        ),
+        Some("threads") => {
+            kprintln!("{:>4} {:<16} {:<9} {:<8} {:>3} {:>12}", "id", "name", "priority", "state", "cpu", "cpu time ms");
+            for t in sched::threads() {
+                kprintln!(
+                    "{:>4} {:<16} {:<9} {:<8} {:>3} {:>12}",
+                    t.id,
+                    t.name,
+                    alloc::format!("{:?}", t.priority),
+                    t.state,
+                    t.cpu,
+                    t.cpu_time_ns / 1_000_000
+                );
+            }
+        }
+        Some("cpus") => {
+            for c in (0..cpu::count()).filter_map(cpu::get) {
+                kprintln!(
+                    "cpu{} apic {} online {} idle {} queued {} switches {}",
+                    c.index,
+                    c.apic_id,
+                    c.online.load(Ordering::Relaxed),
+                    c.sched.is_idle(),
+                    c.sched.queued(),
+                    c.sched.switches.load(Ordering::Relaxed)
+                );
+            }
+            kprintln!("spurious interrupts {}, console interrupts {}", trap::spurious_count(), IRQS.load(Ordering::Relaxed));
+        }
+        Some("mem") => kprintln!(
+            "frames: {} free of {} ({} MiB free); heap: {} KiB in use of {} KiB",
+            frames::free_frames(),
+            frames::total_frames(),
+            frames::free_frames() * 4096 >> 20,
+            heap::bytes_in_use() / 1024,
+            heap::bytes_owned() / 1024
+        ),
+        Some("trace") => {
+            let n = words.next().and_then(|w| w.parse().ok()).unwrap_or(50);
+            let (len, overwritten) = trace::ring_stats();
+            console::write_str(&trace::ring_text(n));
+            kprintln!("({len} records in the ring, {overwritten} overwritten)");
+        }
+        Some("log") => match words.next() {
+            None => kprintln!("log={}", trace::levels_text()),
+            Some(spec) => match LevelSpec::parse(spec) {
+                Ok(spec) => trace::set_levels(spec),
+                Err(error) => kprintln!("log: {error}"),
+            },
+        },
+        Some("uptime") => kprintln!("{} ms (booted by {})", time::now_ns() / 1_000_000, crate::boot::state().loader),
+        Some(other) => kprintln!("unknown command '{other}' (try help)"),
+    }
+}
