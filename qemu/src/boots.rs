@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use tether_tests::boot_tests::{BootTest, Ending, BOOT_TEST_TIMEOUT};
 use tether_tests::protocol::{self, KernelExit};
 use tether_tests::suites::{
-    IsoBoot, KtestTally, ISO_BOOT_TIMEOUT, KTEST_SUITE_CMDLINE, KTEST_SUITE_TIMEOUT,
+    IsoBoot, KtestTally, ISO_BOOT_TIMEOUT, KTEST_SILENCE_TIMEOUT, KTEST_SUITE_CMDLINE,
+    KTEST_SUITE_TIMEOUT,
 };
 
 /// How long QEMU gets to exit after the kernel said it is done (`ktest done`, a panic line).
@@ -93,8 +94,10 @@ pub fn run_ktest_suite(kernel: &Path, settings: &BootSettings) -> Vec<TestOutcom
     let started = Instant::now();
     let deadline = started + KTEST_SUITE_TIMEOUT;
     let mut tally = KtestTally::default();
+    let mut silent_for = None;
     let exit = loop {
-        match q.next_line(deadline) {
+        let silence_deadline = Instant::now() + KTEST_SILENCE_TIMEOUT;
+        match q.next_line(deadline.min(silence_deadline)) {
             Wait::Found(line) => {
                 tally.feed(&line);
                 if tally.done.is_some() {
@@ -102,7 +105,12 @@ pub fn run_ktest_suite(kernel: &Path, settings: &BootSettings) -> Vec<TestOutcom
                 }
             }
             Wait::Exited(status) => break Some(status),
-            Wait::TimedOut => break None,
+            Wait::TimedOut => {
+                if Instant::now() < deadline {
+                    silent_for = Some(KTEST_SILENCE_TIMEOUT);
+                }
+                break None;
+            }
         }
     };
     q.kill();
@@ -119,10 +127,16 @@ pub fn run_ktest_suite(kernel: &Path, settings: &BootSettings) -> Vec<TestOutcom
         .collect();
     let verdict = match (tally.verdict(kernel_exit), exit) {
         (Ok(()), _) => TestOutcome::pass(NAME, format!("{:.1} s", started.elapsed().as_secs_f64())),
-        (Err(reason), None) if tally.done.is_none() => TestOutcome::fail(
-            NAME,
-            format!("{reason} ({} s)", KTEST_SUITE_TIMEOUT.as_secs()),
-        ),
+        (Err(_), None) if tally.done.is_none() => {
+            let reason = match silent_for {
+                Some(silence) => format!("hung: no serial output for {} s", silence.as_secs()),
+                None => format!(
+                    "no `ktest done` line within {} s",
+                    KTEST_SUITE_TIMEOUT.as_secs()
+                ),
+            };
+            TestOutcome::fail(NAME, reason)
+        }
         (Err(reason), _) => TestOutcome::fail(NAME, reason),
     };
     outcomes.push(verdict.with_context(failure_context(&q, &log, &machine)));

@@ -7,6 +7,9 @@ use std::time::Duration;
 pub const KTEST_SUITE_CMDLINE: &str = "test=all lockcheck=on";
 /// How long the in-kernel suite may run before it counts as hung.
 pub const KTEST_SUITE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the in-kernel suite may print nothing before it counts as hung (a test that runs
+/// longer should print progress).
+pub const KTEST_SILENCE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Firmware an ISO boot goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
