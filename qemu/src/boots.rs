@@ -10,7 +10,7 @@ use tether_tests::boot_tests::{BootTest, Ending, BOOT_TEST_TIMEOUT};
 use tether_tests::protocol::{self, KernelExit};
 use tether_tests::suites::{
     IsoBoot, KtestTally, ISO_BOOT_TIMEOUT, KTEST_SILENCE_TIMEOUT, KTEST_SUITE_CMDLINE,
-    KTEST_SUITE_TIMEOUT,
+    KTEST_SUITE_DEVICES, KTEST_SUITE_TIMEOUT,
 };
 
 /// How long QEMU gets to exit after the kernel said it is done (`ktest done`, a panic line).
@@ -86,7 +86,12 @@ pub fn printable(line: &str) -> String {
 /// and exit status consistent).
 pub fn run_ktest_suite(kernel: &Path, settings: &BootSettings) -> Vec<TestOutcome> {
     const NAME: &str = "ktest_suite";
-    let machine = Machine::pvh(kernel, KTEST_SUITE_CMDLINE);
+    let mut machine = Machine::pvh(kernel, KTEST_SUITE_CMDLINE);
+    for device in KTEST_SUITE_DEVICES {
+        machine
+            .extra_args
+            .extend(["-device".to_string(), device.to_string()]);
+    }
     let (mut q, log) = match settings.spawn(NAME, &machine) {
         Ok(spawned) => spawned,
         Err(failure) => return vec![failure],

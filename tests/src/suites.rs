@@ -5,6 +5,9 @@ use std::time::Duration;
 
 /// Kernel command line that runs the whole in-kernel test suite.
 pub const KTEST_SUITE_CMDLINE: &str = "test=all lockcheck=on";
+/// QEMU devices (`-device` values) the in-kernel suite's machine has on top of the base
+/// machine: QEMU's `edu` test device, whose MSI the suite has delivered end to end.
+pub const KTEST_SUITE_DEVICES: &[&str] = &["edu"];
 /// How long the in-kernel suite may run before it counts as hung.
 pub const KTEST_SUITE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the in-kernel suite may print nothing before it counts as hung (a test that runs
