@@ -110,6 +110,25 @@ struct TrampolineData {
     efer_bits: u64,
 }
 
+/// The wait after INIT. The MP specification's 10 ms is for old CPUs; like Linux, skip it on
+/// Intel family 6 and later and AMD family 0xF and later, which need none.
+fn init_delay_us() -> u64 {
+    let leaf0 = core::arch::x86_64::__cpuid(0);
+    let vendor = [leaf0.ebx.to_le_bytes(), leaf0.edx.to_le_bytes(), leaf0.ecx.to_le_bytes()].concat();
+    let eax = core::arch::x86_64::__cpuid(1).eax;
+    let family = ((eax >> 8) & 0xF) + if (eax >> 8) & 0xF == 0xF { (eax >> 20) & 0xFF } else { 0 };
+    let modern = match vendor.as_slice() {
+        b"GenuineIntel" => family >= 6,
+        b"AuthenticAMD" | b"HygonGenuine" => family >= 0xF,
+        _ => false,
+    };
+    if modern {
+        0
+    } else {
+        10_000
+    }
+}
+
 /// Starts one AP and waits (up to ~200 ms) until it reports in. Returns whether it did.
 pub fn start_ap(
     apic_id: u32,
@@ -143,7 +162,7 @@ pub fn start_ap(
     }
     AP_STARTED.store(false, Ordering::SeqCst);
     apic::send_init(apic_id);
-    crate::time::spin_delay_us(10_000);
+    crate::time::spin_delay_us(init_delay_us());
     for _ in 0..2 {
         apic::send_startup(apic_id, (TRAMPOLINE_PHYS >> 12) as u8);
         crate::time::spin_delay_us(200);
