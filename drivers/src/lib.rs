@@ -1,3 +1,0 @@
-//! USB host stack, class drivers and NIC drivers (filled by the USB issues).
-#![no_std]
-#![forbid(unsafe_code)]

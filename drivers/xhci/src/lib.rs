@@ -1,0 +1,2 @@
+//! xHCI ring logic (being written).
+#![no_std]
