@@ -24,7 +24,7 @@ impl ConfigRegionAccess for PortIo {
     unsafe fn read(&self, address: PciAddress, offset: u16) -> u32 {
         if address.segment() != 0
             || usize::from(offset) >= usize::from(LEGACY_CONFIG_SPACE_SIZE)
-            || offset % 4 != 0
+            || !offset.is_multiple_of(4)
         {
             return u32::MAX;
         }
@@ -40,7 +40,7 @@ impl ConfigRegionAccess for PortIo {
     unsafe fn write(&self, address: PciAddress, offset: u16, value: u32) {
         if address.segment() != 0
             || usize::from(offset) >= usize::from(LEGACY_CONFIG_SPACE_SIZE)
-            || offset % 4 != 0
+            || !offset.is_multiple_of(4)
         {
             return;
         }

@@ -54,11 +54,7 @@ fn run() {
                     line.clear();
                     kprint!("tether> ");
                 }
-                0x08 | 0x7F => {
-                    if line.pop().is_some() {
-                        kprint!("\x08 \x08");
-                    }
-                }
+                0x08 | 0x7F if line.pop().is_some() => kprint!("\x08 \x08"),
                 0x20..=0x7E if line.len() < 256 => {
                     line.push(byte as char);
                     kprint!("{}", byte as char);
@@ -108,7 +104,7 @@ fn execute(line: &str) {
             "frames: {} free of {} ({} MiB free); heap: {} KiB in use of {} KiB",
             frames::free_frames(),
             frames::total_frames(),
-            frames::free_frames() * 4096 >> 20,
+            (frames::free_frames() * 4096) >> 20,
             heap::bytes_in_use() / 1024,
             heap::bytes_owned() / 1024
         ),

@@ -33,7 +33,10 @@ pub fn calibrate() {
         },
     );
     TSC_PER_US.store(((tsc1 - tsc0) / CALIBRATION_US).max(1), Ordering::Relaxed);
-    APIC_TICKS_PER_MS.store((u64::from(apic0 - apic1) * 1000 / CALIBRATION_US).max(1), Ordering::Relaxed);
+    APIC_TICKS_PER_MS.store(
+        (u64::from(apic0 - apic1) * 1000 / CALIBRATION_US).max(1),
+        Ordering::Relaxed,
+    );
     apic::timer_oneshot(0);
 }
 

@@ -111,7 +111,7 @@ fn stub_address(vector: usize) -> VirtAddr {
 pub fn load() {
     let idt = IDT.call_once(|| {
         let mut idt = InterruptDescriptorTable::new();
-        // SAFETY (all set_handler_addr calls): each address is the stub for that very vector,
+        // SAFETY: for every set_handler_addr call below, the address is the stub for that very vector,
         // which follows the interrupt calling convention (ends in iretq, pops the error code
         // exactly when the CPU pushed one).
         unsafe {

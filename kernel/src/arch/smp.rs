@@ -114,9 +114,19 @@ struct TrampolineData {
 /// Intel family 6 and later and AMD family 0xF and later, which need none.
 fn init_delay_us() -> u64 {
     let leaf0 = core::arch::x86_64::__cpuid(0);
-    let vendor = [leaf0.ebx.to_le_bytes(), leaf0.edx.to_le_bytes(), leaf0.ecx.to_le_bytes()].concat();
+    let vendor = [
+        leaf0.ebx.to_le_bytes(),
+        leaf0.edx.to_le_bytes(),
+        leaf0.ecx.to_le_bytes(),
+    ]
+    .concat();
     let eax = core::arch::x86_64::__cpuid(1).eax;
-    let family = ((eax >> 8) & 0xF) + if (eax >> 8) & 0xF == 0xF { (eax >> 20) & 0xFF } else { 0 };
+    let family = ((eax >> 8) & 0xF)
+        + if (eax >> 8) & 0xF == 0xF {
+            (eax >> 20) & 0xFF
+        } else {
+            0
+        };
     let modern = match vendor.as_slice() {
         b"GenuineIntel" => family >= 6,
         b"AuthenticAMD" | b"HygonGenuine" => family >= 0xF,

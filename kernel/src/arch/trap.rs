@@ -181,7 +181,7 @@ pub fn backtrace(mut rbp: u64, rip: u64) {
         kprintln!("    #0 {:#018x}", rip);
     }
     for depth in 1..32 {
-        if rbp == 0 || rbp % 8 != 0 || !crate::mem::readable(rbp, 16) {
+        if rbp == 0 || !rbp.is_multiple_of(8) || !crate::mem::readable(rbp, 16) {
             break;
         }
         // SAFETY: checked readable and aligned just above.

@@ -12,7 +12,9 @@ use crate::sched::{self, Priority, Spawn};
 use crate::sync::{checker, CondVar, Mutex, RecursiveMutex, Semaphore, SpinLock, WaitQueue};
 use crate::{cpu, time, trace};
 
-pub static ALL: &[(&str, fn() -> TestResult)] = &[
+type Case = (&'static str, fn() -> TestResult);
+
+pub static ALL: &[Case] = &[
     ("dma_alignment_and_boundaries", dma_alignment_and_boundaries),
     ("heap_grows_and_returns", heap_grows_and_returns),
     ("spawn_join_frees_stacks", spawn_join_frees_stacks),
@@ -467,7 +469,7 @@ fn condvar_timeout() -> TestResult {
     drop(guard);
     ensure!(timed_out, "wait_timeout reported a wake-up nobody sent");
     ensure!(
-        elapsed >= 30 * MS && elapsed < 200 * MS,
+        (30 * MS..200 * MS).contains(&elapsed),
         "timed out after {} ms",
         elapsed / MS
     );
