@@ -1,23 +1,23 @@
 //! Condition variable over [`Mutex`]: wait releases the mutex and blocks as one step (the
 //! waiter is queued before the mutex is released), then re-takes it.
 
-use alloc::collections::VecDeque;
+use super::waiters::Waiters;
 
 use super::checker;
 use super::mutex::MutexGuard;
 use super::raw::RawSpinLock;
 use crate::arch::interrupts;
-use crate::sched::{self, WakeToken};
+use crate::sched;
 use crate::time;
 
 pub struct CondVar {
-    waiters: RawSpinLock<VecDeque<WakeToken>>,
+    waiters: RawSpinLock<Waiters>,
 }
 
 impl CondVar {
     pub const fn new() -> CondVar {
         CondVar {
-            waiters: RawSpinLock::new(VecDeque::new()),
+            waiters: RawSpinLock::new(Waiters::new()),
         }
     }
 
@@ -48,14 +48,14 @@ impl CondVar {
         core::mem::forget(guard);
         let mut waiters = self.waiters.lock();
         let token = sched::prepare_block();
-        waiters.push_back(token.clone());
+        waiters.push(token.clone());
         mutex.release_raw();
         let was_on = waiters.unlock_keep_irqs_off();
         // Wake-ups are a compare-and-swap: if the timer won, a racing notify failed on our
         // token and moved on to the next waiter, so nothing is lost.
         let timed_out = sched::block(&token, deadline_ns);
         if timed_out {
-            self.waiters.lock().retain(|t| !t.is_for(&token));
+            self.waiters.lock().remove(&token);
         }
         interrupts::restore(was_on);
         mutex.acquire_raw();
@@ -63,21 +63,10 @@ impl CondVar {
     }
 
     pub fn notify_one(&self) -> bool {
-        let mut waiters = self.waiters.lock();
-        while let Some(token) = waiters.pop_front() {
-            if sched::wake(&token) {
-                return true;
-            }
-        }
-        false
+        self.waiters.lock().wake_one().is_some()
     }
 
     pub fn notify_all(&self) -> usize {
-        let mut waiters = self.waiters.lock();
-        let mut woken = 0;
-        while let Some(token) = waiters.pop_front() {
-            woken += usize::from(sched::wake(&token));
-        }
-        woken
+        self.waiters.lock().wake_all()
     }
 }

@@ -10,6 +10,7 @@ pub mod raw;
 mod recursive;
 mod semaphore;
 mod spin;
+mod waiters;
 mod waitqueue;
 
 pub use condvar::CondVar;

@@ -1,7 +1,7 @@
 //! The sleepable mutex. A contended locker parks; unlock hands ownership straight to the
 //! longest waiter (FIFO), so no waiter starves and no wake-up is lost.
 
-use alloc::collections::VecDeque;
+use super::waiters::Waiters;
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::panic::Location;
@@ -9,11 +9,11 @@ use core::panic::Location;
 use super::checker::{self, LockClass, LockKind};
 use super::raw::RawSpinLock;
 use crate::arch::interrupts;
-use crate::sched::{self, WakeToken};
+use crate::sched;
 
 struct State {
     owner: Option<u64>,
-    waiters: VecDeque<WakeToken>,
+    waiters: Waiters,
 }
 
 pub struct Mutex<T> {
@@ -33,7 +33,7 @@ impl<T> Mutex<T> {
             class: LockClass::new(name),
             state: RawSpinLock::new(State {
                 owner: None,
-                waiters: VecDeque::new(),
+                waiters: Waiters::new(),
             }),
             data: UnsafeCell::new(value),
         }
@@ -98,7 +98,7 @@ impl<T> Mutex<T> {
             self.class.name()
         );
         let token = sched::prepare_block();
-        state.waiters.push_back(token.clone());
+        state.waiters.push(token.clone());
         let was_on = state.unlock_keep_irqs_off();
         sched::block(&token, None);
         interrupts::restore(was_on);
@@ -106,14 +106,10 @@ impl<T> Mutex<T> {
     }
 
     pub(super) fn release_raw(&self) {
+        // Hand-off: the woken waiter owns the mutex when it runs. Nobody can look at `owner`
+        // between the wake and this store: the state lock is held throughout.
         let mut state = self.state.lock();
-        while let Some(token) = state.waiters.pop_front() {
-            state.owner = Some(token.thread().id);
-            if sched::wake(&token) {
-                return;
-            }
-        }
-        state.owner = None;
+        state.owner = state.waiters.wake_one();
     }
 }
 

@@ -2,7 +2,7 @@
 //! driver's stop() calling helpers that lock again. Gives shared access only: wrap mutable
 //! state in a Cell/RefCell inside.
 
-use alloc::collections::VecDeque;
+use super::waiters::Waiters;
 use core::cell::UnsafeCell;
 use core::ops::Deref;
 use core::panic::Location;
@@ -10,12 +10,12 @@ use core::panic::Location;
 use super::checker::{self, LockClass, LockKind};
 use super::raw::RawSpinLock;
 use crate::arch::interrupts;
-use crate::sched::{self, WakeToken};
+use crate::sched;
 
 struct State {
     owner: Option<u64>,
     depth: u32,
-    waiters: VecDeque<WakeToken>,
+    waiters: Waiters,
 }
 
 pub struct RecursiveMutex<T> {
@@ -35,7 +35,7 @@ impl<T> RecursiveMutex<T> {
             state: RawSpinLock::new(State {
                 owner: None,
                 depth: 0,
-                waiters: VecDeque::new(),
+                waiters: Waiters::new(),
             }),
             data: UnsafeCell::new(value),
         }
@@ -64,7 +64,7 @@ impl<T> RecursiveMutex<T> {
             return RecursiveGuard { lock: self };
         }
         let token = sched::prepare_block();
-        state.waiters.push_back(token.clone());
+        state.waiters.push(token.clone());
         let was_on = state.unlock_keep_irqs_off();
         sched::block(&token, None);
         interrupts::restore(was_on);
@@ -97,13 +97,8 @@ impl<T> Drop for RecursiveGuard<'_, T> {
             return;
         }
         checker::on_release(self.lock as *const _ as usize);
-        while let Some(token) = state.waiters.pop_front() {
-            state.owner = Some(token.thread().id);
-            state.depth = 1;
-            if sched::wake(&token) {
-                return;
-            }
-        }
-        state.owner = None;
+        // Hand-off to the longest waiter, under the state lock (see Mutex::release_raw).
+        state.owner = state.waiters.wake_one();
+        state.depth = u32::from(state.owner.is_some());
     }
 }

@@ -1,22 +1,16 @@
 //! Counting semaphore. `up` hands a permit straight to the longest waiter.
 
-use alloc::collections::VecDeque;
+use super::waiters::Waiters;
 
 use super::checker;
 use super::raw::RawSpinLock;
 use crate::arch::interrupts;
-use crate::sched::{self, WakeToken};
+use crate::sched;
 use crate::time;
 
 struct State {
     permits: usize,
-    waiters: VecDeque<WakeToken>,
-}
-
-impl State {
-    fn retain_waiters(&mut self, token: &WakeToken) {
-        self.waiters.retain(|t| !t.is_for(token));
-    }
+    waiters: Waiters,
 }
 
 pub struct Semaphore {
@@ -28,7 +22,7 @@ impl Semaphore {
         Semaphore {
             state: RawSpinLock::new(State {
                 permits,
-                waiters: VecDeque::new(),
+                waiters: Waiters::new(),
             }),
         }
     }
@@ -53,12 +47,12 @@ impl Semaphore {
             return true;
         }
         let token = sched::prepare_block();
-        state.waiters.push_back(token.clone());
+        state.waiters.push(token.clone());
         let was_on = state.unlock_keep_irqs_off();
         let timed_out = sched::block(&token, deadline_ns);
         if timed_out {
             // If the timer won, a racing up() failed to wake us and passed the permit on.
-            self.state.lock().retain_waiters(&token);
+            self.state.lock().waiters.remove(&token);
         }
         interrupts::restore(was_on);
         !timed_out
@@ -77,12 +71,9 @@ impl Semaphore {
     /// Safe in interrupt context.
     pub fn up(&self) {
         let mut state = self.state.lock();
-        while let Some(token) = state.waiters.pop_front() {
-            if sched::wake(&token) {
-                return;
-            }
+        if state.waiters.wake_one().is_none() {
+            state.permits += 1;
         }
-        state.permits += 1;
     }
 
     pub fn permits(&self) -> usize {

@@ -1,22 +1,22 @@
 //! A queue of blocked threads. The condition is checked under the queue's lock, and a waker
 //! changes state before taking that lock, so no wake-up is lost between check and sleep.
 
-use alloc::collections::VecDeque;
+use super::waiters::Waiters;
 
 use super::checker;
 use super::raw::RawSpinLock;
 use crate::arch::interrupts;
-use crate::sched::{self, WakeToken};
+use crate::sched;
 use crate::time;
 
 pub struct WaitQueue {
-    waiters: RawSpinLock<VecDeque<WakeToken>>,
+    waiters: RawSpinLock<Waiters>,
 }
 
 impl WaitQueue {
     pub const fn new() -> WaitQueue {
         WaitQueue {
-            waiters: RawSpinLock::new(VecDeque::new()),
+            waiters: RawSpinLock::new(Waiters::new()),
         }
     }
 
@@ -38,32 +38,21 @@ impl WaitQueue {
                 return false;
             }
             let token = sched::prepare_block();
-            waiters.push_back(token.clone());
+            waiters.push(token.clone());
             let was_on = waiters.unlock_keep_irqs_off();
             if sched::block(&token, deadline_ns) {
-                self.waiters.lock().retain(|t| !t.is_for(&token));
+                self.waiters.lock().remove(&token);
             }
             interrupts::restore(was_on);
         }
     }
 
     pub fn wake_one(&self) -> bool {
-        let mut waiters = self.waiters.lock();
-        while let Some(token) = waiters.pop_front() {
-            if sched::wake(&token) {
-                return true;
-            }
-        }
-        false
+        self.waiters.lock().wake_one().is_some()
     }
 
     pub fn wake_all(&self) -> usize {
-        let mut waiters = self.waiters.lock();
-        let mut woken = 0;
-        while let Some(token) = waiters.pop_front() {
-            woken += usize::from(sched::wake(&token));
-        }
-        woken
+        self.waiters.lock().wake_all()
     }
 
     pub fn waiting(&self) -> usize {
