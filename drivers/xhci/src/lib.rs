@@ -1,2 +1,31 @@
-//! xHCI ring logic (being written).
+//! Hardware-free xHCI ring layer for Tether.
+//!
+//! * [`dma`]: the narrow DMA-memory trait the kernel implements ([`dma::DmaMemory`]).
+//! * [`ring`]: producer rings ([`ring::TransferRing`], [`ring::CommandRing`]).
+//! * [`event`]: the consumer [`event::EventRing`] with its ERST and decoded [`event::Event`]s.
+//! * [`completion`]: every completion code mapped to a named [`completion::UsbError`].
+//! * [`context`]: Input Contexts for Address Device / Configure Endpoint (32- and 64-byte).
+//! * `fake` (tests, or feature `fake`): `FakeDma` and a `FakeController` that consumes rings
+//!   like hardware does.
+//!
+//! TRB, completion-code and context layouts come from the `xhci` crate; the few layouts it lacks
+//! are written here with a comment saying why.
 #![no_std]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod completion;
+pub mod context;
+pub mod dma;
+pub mod event;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+pub mod ring;
+
+pub use xhci;
+
+#[cfg(test)]
+mod tests;
