@@ -1,3 +1,18 @@
-//! USB core: descriptors, device model, driver matching (being written).
+//! USB core: descriptors, control requests, driver matching, speeds.
+//!
+//! Hardware-free and host-tested: everything here is pure data handling over
+//! untrusted bytes from devices.
 #![no_std]
 #![forbid(unsafe_code)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod descriptor;
+pub mod matching;
+pub mod request;
+pub mod speed;
+
+#[cfg(test)]
+mod tests;
