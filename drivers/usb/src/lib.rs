@@ -10,6 +10,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod descriptor;
+pub mod host;
 pub mod matching;
 pub mod request;
 pub mod speed;
