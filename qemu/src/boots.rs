@@ -151,7 +151,10 @@ pub fn run_ktest_suite(kernel: &Path, settings: &BootSettings) -> Vec<TestOutcom
 /// Boots one single-purpose boot test from the table in `tether-tests`.
 pub fn run_boot_test(kernel: &Path, test: &BootTest, settings: &BootSettings) -> TestOutcome {
     let name = format!("boot::{}", test.name);
-    let machine = Machine::pvh(kernel, test.cmdline());
+    let mut machine = Machine::pvh(kernel, test.cmdline());
+    machine
+        .extra_args
+        .extend(test.qemu_args().iter().map(|a| a.to_string()));
     let (mut q, log) = match settings.spawn(test.name, &machine) {
         Ok(spawned) => spawned,
         Err(failure) => return TestOutcome { name, ..failure },
@@ -159,7 +162,7 @@ pub fn run_boot_test(kernel: &Path, test: &BootTest, settings: &BootSettings) ->
     let started = Instant::now();
     let deadline = started + BOOT_TEST_TIMEOUT;
     let (exit, timed_out) = match test.ending() {
-        Ending::KernelFailure => match q.wait_exit(deadline) {
+        Ending::KernelFailure | Ending::KernelSuccess => match q.wait_exit(deadline) {
             Some(status) => (Some(KernelExit::from_status(status)), false),
             None => (None, true),
         },

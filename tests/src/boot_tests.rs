@@ -24,6 +24,39 @@ pub const BOOT_TESTS: &[BootTest] = &[
     ),
 ];
 
+/// The USB machine: both xHCI models, each with usb-net, usb-kbd, usb-storage and a hub with a
+/// mouse behind it (QEMU's devices: 0525:a4a2, 0627:0001, 46f4:0001, 0409:55aa, 0627:0001).
+pub const USB_DEVICES: &[&str] = &[
+    "-netdev",
+    "user,id=n0",
+    "-netdev",
+    "user,id=n1",
+    "-blockdev",
+    "driver=null-co,node-name=stick0,size=16777216",
+    "-blockdev",
+    "driver=null-co,node-name=stick1,size=16777216",
+    "-device",
+    "qemu-xhci,id=xhci",
+    "-device",
+    "usb-net,bus=xhci.0,netdev=n0",
+    "-device",
+    "usb-kbd,bus=xhci.0",
+    "-device",
+    "usb-storage,bus=xhci.0,drive=stick0",
+    "-device",
+    "usb-hub,bus=xhci.0,port=4",
+    "-device",
+    "usb-mouse,bus=xhci.0,port=4.1",
+    "-device",
+    "nec-usb-xhci,id=nec",
+    "-device",
+    "usb-net,bus=nec.0,netdev=n1",
+    "-device",
+    "usb-kbd,bus=nec.0",
+    "-device",
+    "usb-storage,bus=nec.0,drive=stick1",
+];
+
 /// How long one single-purpose boot may take before it counts as hung.
 pub const BOOT_TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -45,6 +78,9 @@ pub enum BootKind {
     Crash,
     /// Boots the given command line; the kernel must reach its ready line (QEMU is then killed).
     BootsWith(&'static str),
+    /// Boots `test=<name> lockcheck=on` on a machine with extra QEMU arguments; the kernel must
+    /// exit with the success status.
+    KernelTest(&'static [&'static str]),
 }
 
 /// What ends a boot test.
@@ -54,6 +90,8 @@ pub enum Ending {
     KernelFailure,
     /// The ready line appears; the runner kills QEMU.
     Ready,
+    /// QEMU exits with [`protocol::EXIT_SUCCESS`].
+    KernelSuccess,
 }
 
 impl BootTest {
@@ -79,10 +117,31 @@ impl BootTest {
         }
     }
 
+    /// A named in-kernel test needing its own machine (`qemu_args` added to the base one).
+    pub const fn kernel_test(
+        name: &'static str,
+        qemu_args: &'static [&'static str],
+        expect: &'static str,
+    ) -> Self {
+        BootTest {
+            name,
+            kind: BootKind::KernelTest(qemu_args),
+            expect,
+        }
+    }
+
+    /// Extra QEMU arguments for this boot.
+    pub fn qemu_args(&self) -> &'static [&'static str] {
+        match self.kind {
+            BootKind::KernelTest(args) => args,
+            _ => &[],
+        }
+    }
+
     /// The kernel command line (`-append`) for this boot.
     pub fn cmdline(&self) -> String {
         match self.kind {
-            BootKind::Crash => format!("test={} lockcheck=on", self.name),
+            BootKind::Crash | BootKind::KernelTest(_) => format!("test={} lockcheck=on", self.name),
             BootKind::BootsWith(cmdline) => cmdline.to_string(),
         }
     }
@@ -92,6 +151,7 @@ impl BootTest {
         match self.kind {
             BootKind::Crash => Ending::KernelFailure,
             BootKind::BootsWith(_) => Ending::Ready,
+            BootKind::KernelTest(_) => Ending::KernelSuccess,
         }
     }
 
@@ -105,6 +165,18 @@ impl BootTest {
                     Some(KernelExit::Failure) => {}
                     Some(other) => {
                         return Err(format!("expected a kernel failure exit, got {other}"))
+                    }
+                    None => return Err("QEMU did not exit".to_string()),
+                }
+                if !saw_expected {
+                    return Err(format!("output lacks {:?}", self.expect));
+                }
+            }
+            Ending::KernelSuccess => {
+                match exit {
+                    Some(KernelExit::Success) => {}
+                    Some(other) => {
+                        return Err(format!("expected the kernel's success exit, got {other}"))
                     }
                     None => return Err("QEMU did not exit".to_string()),
                 }
