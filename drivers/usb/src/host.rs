@@ -88,7 +88,11 @@ pub trait HostController {
     /// EP0 starts with the speed's default max packet size.
     fn address_device(&mut self, at: Attachment) -> Result<DeviceHandle, TransferError>;
     /// Tells the controller EP0's real max packet size (from the first 8 descriptor bytes).
-    fn set_ep0_max_packet(&mut self, device: DeviceHandle, max_packet: u16) -> Result<(), TransferError>;
+    fn set_ep0_max_packet(
+        &mut self,
+        device: DeviceHandle,
+        max_packet: u16,
+    ) -> Result<(), TransferError>;
     /// A control transfer on EP0. `data` is read into (device-to-host requests) or sent
     /// (host-to-device); its length must be at least `setup.length`. Returns bytes moved.
     /// A STALL on EP0 is a protocol stall: the controller recovers EP0 itself before returning.
@@ -101,4 +105,20 @@ pub trait HostController {
     ) -> Result<usize, TransferError>;
     /// Frees everything the controller holds for the device.
     fn release_device(&mut self, device: DeviceHandle) -> Result<(), TransferError>;
+
+    /// Tells the controller that `device` is a hub (xHCI: slot context Hub = 1, Number of
+    /// Ports, TT Think Time, MTT, via Evaluate Context or Configure Endpoint), which it needs
+    /// before it can route split transactions to full/low-speed devices behind a high-speed
+    /// hub. Called by the hub logic after SET_CONFIGURATION. The default does nothing (a
+    /// controller that needs no such information).
+    fn configure_hub(
+        &mut self,
+        device: DeviceHandle,
+        ports: u8,
+        tt_think_time_bits: u8,
+        multi_tt: bool,
+    ) -> Result<(), TransferError> {
+        let _ = (device, ports, tt_think_time_bits, multi_tt);
+        Ok(())
+    }
 }

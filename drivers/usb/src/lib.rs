@@ -10,6 +10,10 @@ extern crate alloc;
 extern crate std;
 
 pub mod descriptor;
+pub mod device;
+pub mod enumerate;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 pub mod host;
 pub mod matching;
 pub mod request;
