@@ -6,10 +6,8 @@ use crate::dma::{DmaBacking, DmaError, DmaMemory, DmaRegion};
 use crate::ring::TRB_BYTES;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
-use alloc::rc::Rc;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
-use core::cell::RefCell;
 use core::sync::atomic::{AtomicU32, Ordering};
 use xhci::ring::trb::event::CompletionCode;
 use xhci::ring::trb::{command, transfer, Type};
@@ -45,7 +43,7 @@ struct FakeDmaState {
 /// Vec-backed DMA memory; clones share the same address space.
 #[derive(Clone, Default)]
 pub struct FakeDma {
-    state: Rc<RefCell<FakeDmaState>>,
+    state: Arc<spin::Mutex<FakeDmaState>>,
 }
 
 impl core::fmt::Debug for FakeDma {
@@ -63,19 +61,19 @@ impl FakeDma {
     /// An empty address space.
     pub fn new() -> Self {
         let d = Self::default();
-        d.state.borrow_mut().next = FAKE_PHYS_BASE;
+        d.state.lock().next = FAKE_PHYS_BASE;
         d
     }
 
     /// Regions allocated and not yet dropped.
     pub fn live_regions(&self) -> usize {
-        let mut s = self.state.borrow_mut();
+        let mut s = self.state.lock();
         s.regions.retain(|(_, w)| w.strong_count() > 0);
         s.regions.len()
     }
 
     fn find(&self, phys: u64) -> (Arc<Words>, usize) {
-        let s = self.state.borrow();
+        let s = self.state.lock();
         for (base, w) in &s.regions {
             if let Some(words) = w.upgrade() {
                 let end = base + words.len() as u64 * 4;
@@ -111,7 +109,7 @@ impl DmaMemory for FakeDma {
         if size == 0 || !align.is_power_of_two() || (boundary != 0 && size > boundary) {
             return Err(DmaError::Unsatisfiable);
         }
-        let mut s = self.state.borrow_mut();
+        let mut s = self.state.lock();
         let align = align.max(4) as u64;
         let mut addr = s.next.next_multiple_of(align);
         if boundary != 0 {

@@ -5,6 +5,9 @@
 //! * [`event`]: the consumer [`event::EventRing`] with its ERST and decoded [`event::Event`]s.
 //! * [`completion`]: every completion code mapped to a named [`completion::UsbError`].
 //! * [`context`]: Input Contexts for Address Device / Configure Endpoint (32- and 64-byte).
+//! * [`controller`]: the controller driver (bring-up, commands, ports, EP0) behind
+//!   `tether_usb::host::HostController`.
+//! * [`port`]: Supported Protocol capabilities, BIOS handoff, PORTSC write rules.
 //! * `fake` (tests, or feature `fake`): `FakeDma` and a `FakeController` that consumes rings
 //!   like hardware does.
 //!
@@ -19,10 +22,12 @@ extern crate std;
 
 pub mod completion;
 pub mod context;
+pub mod controller;
 pub mod dma;
 pub mod event;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod port;
 pub mod ring;
 
 pub use xhci;

@@ -1,0 +1,1269 @@
+//! The xHCI controller driver: bring-up (BIOS handoff, halt, reset, DCBAA, scratchpads, command
+//! ring, event ring on interrupter 0), commands with timeouts, port handling, device slots and
+//! control transfers on EP0, behind [`tether_usb::host::HostController`].
+//!
+//! Register access goes through the `xhci` crate's accessors over a [`Mapper`] the kernel
+//! supplies. Two raw accessors are built here because the crate's cannot do the job (see
+//! [`Controller::doorbells`] and [`crate::port`]).
+//!
+//! Everything blocks the calling thread: waiting paths loop on [`Os::wait_for_interrupt`] plus
+//! [`Controller::process_events`], so completions are handled in thread context.
+
+use crate::completion::{check, Completed, UsbError};
+use crate::context::{self, ContextSize, InputContext, SlotParams};
+use crate::dma::{DmaError, DmaMemory, DmaRegion};
+use crate::event::{Event, EventRing};
+use crate::port::{self, PortProtocol};
+use crate::ring::{CommandRing, TransferRing};
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::format;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use tether_usb::host::{Attachment, DeviceHandle, HostController, PortStatus, TransferError};
+use tether_usb::request::SetupPacket;
+use tether_usb::speed::Speed;
+use xhci::accessor::{array, Mapper};
+use xhci::extended_capabilities::{self, ExtendedCapability};
+use xhci::registers::doorbell;
+use xhci::ring::trb::event::CompletionCode;
+use xhci::ring::trb::{command, transfer};
+use xhci::Registers;
+
+/// What the controller needs from the OS. The kernel implements it; tests fake it.
+pub trait Os: Send + Sync {
+    /// Monotonic microseconds.
+    fn now_us(&self) -> u64;
+    /// Sleeps the calling thread (thread context only).
+    fn delay_us(&self, us: u64);
+    /// Blocks until this controller's interrupter fires or `timeout_us` passes; may return
+    /// early. The kernel's MSI-X handler wakes it.
+    fn wait_for_interrupt(&self, timeout_us: u64);
+}
+
+/// Bring-up failures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XhciError {
+    /// DMA allocation failed.
+    Dma(DmaError),
+    /// The controller has no 64-bit addressing and the DMA allocator handed out memory above
+    /// 4 GiB.
+    DmaAbove4G(u64),
+    /// A register wait ran out of time (which one).
+    Timeout(&'static str),
+    /// The controller reports something this driver cannot work with.
+    Unsupported(&'static str),
+}
+
+impl From<DmaError> for XhciError {
+    fn from(e: DmaError) -> Self {
+        XhciError::Dma(e)
+    }
+}
+
+impl fmt::Display for XhciError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            XhciError::Dma(e) => write!(f, "xHCI: {e}"),
+            XhciError::DmaAbove4G(p) => write!(f, "xHCI: DMA address {p:#x} above 4 GiB, AC64=0"),
+            XhciError::Timeout(what) => write!(f, "xHCI: timed out waiting for {what}"),
+            XhciError::Unsupported(what) => write!(f, "xHCI: unsupported: {what}"),
+        }
+    }
+}
+
+impl From<UsbError> for TransferError {
+    fn from(e: UsbError) -> Self {
+        match e {
+            UsbError::Stall => TransferError::Stall,
+            UsbError::Babble => TransferError::Babble,
+            UsbError::TransactionError | UsbError::SplitTransaction => TransferError::Transaction,
+            UsbError::Timeout => TransferError::Timeout,
+            UsbError::Disconnected => TransferError::Disconnected,
+            UsbError::PipeHalted => TransferError::PipeHalted,
+            UsbError::NoSlots => TransferError::NoResources("device slots"),
+            UsbError::Resource => TransferError::NoResources("controller resources"),
+            UsbError::Bandwidth | UsbError::SecondaryBandwidth => {
+                TransferError::NoResources("bandwidth")
+            }
+            other => TransferError::Controller(format!("{other}")),
+        }
+    }
+}
+
+/// BIOS handoff: how long the BIOS gets to release the controller before we take it.
+pub const BIOS_HANDOFF_TIMEOUT_US: u64 = 1_000_000;
+/// Halt (USBSTS.HCH after clearing R/S): the spec allows 16 ms; some parts take longer.
+pub const HALT_TIMEOUT_US: u64 = 100_000;
+/// HCRST and CNR clearing after a reset.
+pub const RESET_TIMEOUT_US: u64 = 1_000_000;
+/// Default time a command may take before it is aborted.
+pub const COMMAND_TIMEOUT_US: u64 = 1_000_000;
+/// Time the controller gets to stop the command ring after Command Abort.
+pub const ABORT_TIMEOUT_US: u64 = 1_000_000;
+/// USB 2 port reset: PRC should come after 10-20 ms of reset signalling.
+pub const PORT_RESET_TIMEOUT_US: u64 = 500_000;
+/// USB 3 ports: link training after connect.
+pub const USB3_ENABLE_TIMEOUT_US: u64 = 200_000;
+/// USB 2.0 7.1.7.5 TRSTRCY: reset recovery before the first request.
+pub const RESET_RECOVERY_US: u64 = 10_000;
+/// Polling step for register waits.
+const POLL_US: u64 = 500;
+/// Longest single wait_for_interrupt while a command or transfer is outstanding: a missed
+/// interrupt costs at most this much.
+const MAX_IRQ_WAIT_US: u64 = 10_000;
+/// Interrupter moderation interval in 250 ns units: 1000 = 250 µs, at most 4000 interrupts/s.
+/// Each interrupt drains every pending event, so this bounds interrupt load under bulk traffic
+/// (TCG guests pay a lot per interrupt) while adding at most 250 µs to a control transfer.
+pub const IMOD_INTERVAL: u16 = 1000;
+/// The per-device EP0 bounce buffer; control transfers are limited to it.
+pub const EP0_BUFFER_BYTES: usize = 4096;
+/// Enabled device slots are capped at this.
+pub const MAX_SLOTS_ENABLED: u8 = 64;
+
+/// What bring-up found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerInfo {
+    /// HCIVERSION (BCD, e.g. 0x100).
+    pub version: u16,
+    /// HCSPARAMS1.MaxSlots.
+    pub max_slots: u8,
+    /// Slots enabled (CONFIG.MaxSlotsEn).
+    pub slots_enabled: u8,
+    /// HCSPARAMS1.MaxPorts.
+    pub max_ports: u8,
+    /// HCSPARAMS1.MaxIntrs.
+    pub max_interrupters: u16,
+    /// HCCPARAMS1.CSZ.
+    pub context_size: ContextSize,
+    /// HCCPARAMS1.AC64.
+    pub ac64: bool,
+    /// Scratchpad buffers allocated (HCSPARAMS2).
+    pub scratchpads: u32,
+    /// PAGESIZE in bytes.
+    pub page_size: usize,
+    /// The USB Legacy Support capability was present and the BIOS had to be asked.
+    pub bios_handoff: Option<HandoffResult>,
+    /// Per Supported Protocol capability: major revision and its port range.
+    pub protocols: Vec<PortProtocol>,
+}
+
+impl ControllerInfo {
+    /// Root ports (1-based, inclusive range) with major revision `major`.
+    pub fn ports_of(&self, major: u8) -> Vec<(u8, u8)> {
+        self.protocols
+            .iter()
+            .filter(|p| p.major == major && p.count > 0)
+            .map(|p| (p.first_port, p.first_port + p.count - 1))
+            .collect()
+    }
+}
+
+/// How the BIOS handoff went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoffResult {
+    /// The BIOS did not own the controller.
+    NotOwned,
+    /// The BIOS released it in time.
+    Released,
+    /// The BIOS did not answer within [`BIOS_HANDOFF_TIMEOUT_US`]; ownership was forced.
+    Forced,
+}
+
+/// Counters per controller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Commands issued.
+    pub commands: u64,
+    /// Commands that completed with an error code.
+    pub command_errors: u64,
+    /// Commands that timed out and were aborted.
+    pub command_timeouts: u64,
+    /// Events consumed.
+    pub events: u64,
+    /// Port Status Change Events.
+    pub port_events: u64,
+    /// Transfer events for slots that no longer exist (or never did).
+    pub stray_events: u64,
+    /// Control transfers started.
+    pub transfers: u64,
+    /// Control transfers that ended in STALL.
+    pub stalls: u64,
+    /// ... in babble.
+    pub babble: u64,
+    /// ... in transaction / split transaction errors.
+    pub transaction_errors: u64,
+    /// ... in a timeout.
+    pub timeouts: u64,
+    /// ... in any other error.
+    pub other_errors: u64,
+    /// Endpoint recoveries (Reset Endpoint and/or Set TR Dequeue Pointer).
+    pub recoveries: u64,
+    /// Host System Error seen in USBSTS.
+    pub host_system_errors: u64,
+}
+
+/// A command's completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandDone {
+    /// Slot ID field of the event.
+    pub slot: u8,
+    /// Command Completion Parameter.
+    pub parameter: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TransferEv {
+    trb_ptr: u64,
+    code: Result<CompletionCode, u8>,
+    residual: u32,
+    dci: u8,
+}
+
+struct Device {
+    output: DmaRegion,
+    ep0: TransferRing,
+    ep0_buf: DmaRegion,
+    speed: Speed,
+    at: Attachment,
+    ep0_max_packet: u16,
+    events: VecDeque<TransferEv>,
+}
+
+/// Endpoint Context states (xHCI 6.2.3, Table 6-8).
+const EP_STATE_HALTED: u32 = 2;
+const EP_STATE_STOPPED: u32 = 3;
+const EP_STATE_ERROR: u32 = 4;
+
+/// An xHCI controller.
+pub struct Controller<M: Mapper + Clone> {
+    regs: Registers<M>,
+    /// Doorbell array with MaxSlots + 1 entries: the crate's accessor has only MaxSlots, which
+    /// leaves out the doorbell of the highest slot ID.
+    doorbells: array::ReadWrite<doorbell::Register, M>,
+    /// PORTSC dwords as raw `u32` (4 per port) for writes: the crate's PORTSC type cannot write
+    /// 0 to the RW1S Port Reset / Warm Port Reset bits it has read as 1.
+    ports_raw: array::ReadWrite<u32, M>,
+    dma: Box<dyn DmaMemory + Send + Sync>,
+    os: Arc<dyn Os>,
+    info: ControllerInfo,
+    dcbaa: DmaRegion,
+    _scratchpad_array: Option<DmaRegion>,
+    _scratchpads: Vec<DmaRegion>,
+    cmd_ring: CommandRing,
+    events: EventRing,
+    /// Completions by command TRB pointer, until their waiter takes them.
+    cmd_done: BTreeMap<u64, Result<CommandDone, UsbError>>,
+    /// Indexed by slot ID.
+    devices: Vec<Option<Device>>,
+    /// Slots whose Disable Slot failed: their memory stays allocated (the controller may
+    /// still own it).
+    zombies: Vec<Device>,
+    /// Port Status Change Events seen, indexed by port number.
+    port_changed: Vec<bool>,
+    command_timeout_us: u64,
+    dead: bool,
+    counters: Counters,
+}
+
+fn check_dma(ac64: bool, r: &DmaRegion) -> Result<(), XhciError> {
+    let end = r.phys() + r.len_bytes() as u64;
+    if !ac64 && end > 1 << 32 {
+        return Err(XhciError::DmaAbove4G(r.phys()));
+    }
+    Ok(())
+}
+
+fn write_u64(r: &DmaRegion, word: usize, v: u64) {
+    r.write(word, v as u32);
+    r.write(word + 1, (v >> 32) as u32);
+}
+
+/// Copies `bytes` into the start of `r` (little-endian words).
+fn copy_to_dma(r: &DmaRegion, bytes: &[u8]) {
+    for (i, chunk) in bytes.chunks(4).enumerate() {
+        let mut w = [0u8; 4];
+        w[..chunk.len()].copy_from_slice(chunk);
+        r.write(i, u32::from_le_bytes(w));
+    }
+}
+
+/// Copies the start of `r` into `out`.
+fn copy_from_dma(r: &DmaRegion, out: &mut [u8]) {
+    for (i, chunk) in out.chunks_mut(4).enumerate() {
+        let w = r.read(i).to_le_bytes();
+        let n = chunk.len();
+        chunk.copy_from_slice(&w[..n]);
+    }
+}
+
+fn ctx_speed(s: Speed) -> context::Speed {
+    match s {
+        Speed::Low => context::Speed::Low,
+        Speed::Full => context::Speed::Full,
+        Speed::High => context::Speed::High,
+        Speed::Super => context::Speed::Super,
+        Speed::SuperPlus => context::Speed::SuperPlus,
+    }
+}
+
+/// EP0 max packet size programmed by Address Device: full speed starts at 64 (like Linux: a
+/// device with a smaller bMaxPacketSize0 answers the first short read with one short packet),
+/// fixed up with Evaluate Context once bMaxPacketSize0 is known.
+pub fn initial_ep0_max_packet(speed: Speed) -> u16 {
+    match speed {
+        Speed::Low => 8,
+        Speed::Full | Speed::High => 64,
+        Speed::Super | Speed::SuperPlus => 512,
+    }
+}
+
+/// The Setup, (optional) Data and Status Stage TRBs of a control transfer whose data stage
+/// uses the buffer at `buf` (ignored when `setup.length == 0`). Data IN stages have
+/// Interrupt-on-Short-Packet so a short read reports its length; the Status Stage (direction
+/// opposite to the data, IN when there is none) has IOC.
+pub fn control_trbs(
+    setup: &SetupPacket,
+    buf: u64,
+) -> (
+    transfer::SetupStage,
+    Option<transfer::DataStage>,
+    transfer::StatusStage,
+) {
+    let dir_in = setup.is_device_to_host();
+    let len = setup.length;
+    let mut s = transfer::SetupStage::new();
+    s.set_request_type(setup.request_type)
+        .set_request(setup.request)
+        .set_value(setup.value)
+        .set_index(setup.index)
+        .set_length(len)
+        .set_transfer_type(match (len, dir_in) {
+            (0, _) => transfer::TransferType::No,
+            (_, true) => transfer::TransferType::In,
+            (_, false) => transfer::TransferType::Out,
+        });
+    let data = (len > 0).then(|| {
+        let mut d = transfer::DataStage::new();
+        d.set_data_buffer_pointer(buf)
+            .set_trb_transfer_length(u32::from(len))
+            .set_td_size(0)
+            .set_direction(if dir_in {
+                transfer::Direction::In
+            } else {
+                transfer::Direction::Out
+            });
+        if dir_in {
+            d.set_interrupt_on_short_packet();
+        }
+        d
+    });
+    let mut st = transfer::StatusStage::new();
+    if len == 0 || !dir_in {
+        st.set_direction();
+    }
+    st.set_interrupt_on_completion();
+    (s, data, st)
+}
+
+impl<M: Mapper + Clone> Controller<M> {
+    /// Takes the controller from the BIOS, resets it and starts it with interrupter 0 enabled.
+    ///
+    /// # Safety
+    /// `mmio_base` is the physical address of the controller's BAR0 and nothing else drives it.
+    // The only unsafe code of the driver: the register accessors' constructors, each with its
+    // SAFETY line.
+    #[allow(unsafe_code)]
+    pub unsafe fn new(
+        mmio_base: usize,
+        mapper: M,
+        dma: Box<dyn DmaMemory + Send + Sync>,
+        os: Arc<dyn Os>,
+    ) -> Result<Self, XhciError> {
+        // SAFETY: the caller guarantees `mmio_base` is this controller's BAR0 and that only
+        // this driver accesses it.
+        let mut regs = unsafe { Registers::new(mmio_base, mapper.clone()) };
+        let cap = &regs.capability;
+        let caplength = usize::from(cap.caplength.read_volatile().get());
+        let dboff = cap.dboff.read_volatile().get() as usize;
+        let hcs1 = cap.hcsparams1.read_volatile();
+        let hcs2 = cap.hcsparams2.read_volatile();
+        let hcc1 = cap.hccparams1.read_volatile();
+        let version = cap.hciversion.read_volatile().get();
+        let max_slots = hcs1.number_of_device_slots();
+        let max_ports = hcs1.number_of_ports();
+        let max_interrupters = hcs1.number_of_interrupts();
+        if max_slots == 0 || max_ports == 0 || max_interrupters == 0 {
+            return Err(XhciError::Unsupported("no slots, ports or interrupters"));
+        }
+        // SAFETY: the Doorbell Array lies at BAR0 + DBOFF with one dword per slot plus the
+        // command doorbell (xHCI 5.6); only this driver writes it (the crate's own doorbell
+        // accessor in `regs` is never used).
+        let doorbells = unsafe {
+            array::ReadWrite::new(
+                mmio_base + dboff,
+                usize::from(max_slots) + 1,
+                mapper.clone(),
+            )
+        };
+        // SAFETY: the Port Register Sets lie at the operational base + 0x400, 16 bytes per
+        // port (xHCI 5.4.8); PORTSC is written only through this accessor, the crate's is only
+        // read.
+        let ports_raw = unsafe {
+            array::ReadWrite::new(
+                mmio_base + caplength + 0x400,
+                usize::from(max_ports) * 4,
+                mapper.clone(),
+            )
+        };
+
+        // Extended capabilities: BIOS handoff, then the port protocols.
+        let mut bios_handoff = None;
+        let mut protocols = Vec::new();
+        // SAFETY: the list lies inside this controller's BAR0 (xECP from HCCPARAMS1); the
+        // capabilities it yields are only used here, during bring-up.
+        let list = unsafe { extended_capabilities::List::new(mmio_base, hcc1, mapper.clone()) };
+        if let Some(mut list) = list {
+            for cap in &mut list {
+                match cap {
+                    Ok(ExtendedCapability::UsbLegacySupport(mut leg)) => {
+                        bios_handoff = Some(port::bios_handoff(&mut leg.usblegsup, &*os));
+                    }
+                    Ok(ExtendedCapability::XhciSupportedProtocol(sp)) => {
+                        protocols.push(PortProtocol::read(&sp));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if protocols.is_empty() {
+            // No Supported Protocol capability (pre-1.0 parts): call every port USB 2.
+            protocols.push(PortProtocol::fallback(max_ports));
+        }
+
+        let os2 = os.clone();
+        let wait = |what: &'static str,
+                    timeout: u64,
+                    regs: &mut Registers<M>,
+                    cond: &dyn Fn(&mut Registers<M>) -> bool|
+         -> Result<(), XhciError> {
+            let deadline = os2.now_us() + timeout;
+            loop {
+                if cond(regs) {
+                    return Ok(());
+                }
+                if os2.now_us() >= deadline {
+                    return Err(XhciError::Timeout(what));
+                }
+                os2.delay_us(POLL_US);
+            }
+        };
+
+        // Halt.
+        if !regs.operational.usbsts.read_volatile().hc_halted() {
+            regs.operational.usbcmd.update_volatile(|c| {
+                c.clear_run_stop();
+            });
+            wait("HCHalted", HALT_TIMEOUT_US, &mut regs, &|r| {
+                r.operational.usbsts.read_volatile().hc_halted()
+            })?;
+        }
+        // Reset. No operational register may be written while CNR is set.
+        wait("Controller Not Ready", RESET_TIMEOUT_US, &mut regs, &|r| {
+            !r.operational.usbsts.read_volatile().controller_not_ready()
+        })?;
+        regs.operational.usbcmd.update_volatile(|c| {
+            c.set_host_controller_reset();
+        });
+        // Some Intel parts hang when registers are read right after HCRST (Linux quirk).
+        os.delay_us(1000);
+        wait("HCRST to clear", RESET_TIMEOUT_US, &mut regs, &|r| {
+            !r.operational.usbcmd.read_volatile().host_controller_reset()
+        })?;
+        wait(
+            "Controller Not Ready after reset",
+            RESET_TIMEOUT_US,
+            &mut regs,
+            &|r| !r.operational.usbsts.read_volatile().controller_not_ready(),
+        )?;
+
+        let ac64 = hcc1.addressing_capability();
+        let context_size = ContextSize::from_csz(hcc1.context_size());
+        let ps = regs.operational.pagesize.read_volatile().get();
+        if ps == 0 {
+            return Err(XhciError::Unsupported("PAGESIZE reads 0"));
+        }
+        let page_size = 1usize << (ps.trailing_zeros() + 12);
+        let slots_enabled = max_slots.min(MAX_SLOTS_ENABLED);
+        regs.operational.config.update_volatile(|c| {
+            c.set_max_device_slots_enabled(slots_enabled);
+        });
+
+        // DCBAA: (MaxSlotsEn + 1) pointers, 64-byte aligned, not crossing a page.
+        let dcbaa = dma.alloc(
+            (usize::from(slots_enabled) + 1) * 8,
+            64,
+            page_size.min(4096),
+        )?;
+        dcbaa.fill_zero();
+        check_dma(ac64, &dcbaa)?;
+
+        // Scratchpads (xHCI 4.20): an array of page-size buffers, pointed at by DCBAA[0].
+        let scratchpads = hcs2.max_scratchpad_buffers();
+        let mut sp_bufs = Vec::new();
+        let sp_array = if scratchpads > 0 {
+            let arr = dma.alloc(scratchpads as usize * 8, 64, page_size)?;
+            arr.fill_zero();
+            check_dma(ac64, &arr)?;
+            for i in 0..scratchpads as usize {
+                let b = dma.alloc(page_size, page_size, page_size)?;
+                b.fill_zero();
+                check_dma(ac64, &b)?;
+                write_u64(&arr, i * 2, b.phys());
+                sp_bufs.push(b);
+            }
+            write_u64(&dcbaa, 0, arr.phys());
+            Some(arr)
+        } else {
+            None
+        };
+        regs.operational
+            .dcbaap
+            .update_volatile(|d| d.set(dcbaa.phys()));
+
+        // Command ring.
+        let cmd_ring = CommandRing::new(&*dma)?;
+        let crcr = cmd_ring.crcr();
+        regs.operational.crcr.update_volatile(|c| {
+            c.set_command_ring_pointer(crcr & !0x3f);
+            if crcr & 1 != 0 {
+                c.set_ring_cycle_state();
+            } else {
+                c.clear_ring_cycle_state();
+            }
+        });
+
+        // Event ring on interrupter 0: ERSTSZ, ERDP, then ERSTBA (writing ERSTBA starts the
+        // controller's use of the table, xHCI 4.9.4).
+        let events = EventRing::new(&*dma)?;
+        {
+            let mut ir = regs.interrupter_register_set.interrupter_mut(0);
+            ir.erstsz
+                .update_volatile(|r| r.set(events.erst_size() as u16));
+            let erdp = events.erdp();
+            ir.erdp.update_volatile(|r| erdp.apply(r));
+            ir.erstba.update_volatile(|r| r.set(events.erst_phys()));
+            ir.imod.update_volatile(|r| {
+                r.set_interrupt_moderation_interval(IMOD_INTERVAL);
+            });
+            ir.iman.update_volatile(|r| {
+                r.clear_interrupt_pending().set_interrupt_enable();
+            });
+        }
+
+        // Run.
+        regs.operational.usbcmd.update_volatile(|c| {
+            c.set_interrupter_enable()
+                .set_host_system_error_enable()
+                .set_run_stop();
+        });
+        wait("HCHalted to clear", HALT_TIMEOUT_US, &mut regs, &|r| {
+            !r.operational.usbsts.read_volatile().hc_halted()
+        })?;
+
+        let info = ControllerInfo {
+            version,
+            max_slots,
+            slots_enabled,
+            max_ports,
+            max_interrupters,
+            context_size,
+            ac64,
+            scratchpads,
+            page_size,
+            bios_handoff,
+            protocols,
+        };
+        let mut c = Self {
+            regs,
+            doorbells,
+            ports_raw,
+            dma,
+            os,
+            info,
+            dcbaa,
+            _scratchpad_array: sp_array,
+            _scratchpads: sp_bufs,
+            cmd_ring,
+            events,
+            cmd_done: BTreeMap::new(),
+            devices: (0..=slots_enabled).map(|_| None).collect(),
+            zombies: Vec::new(),
+            port_changed: vec![false; usize::from(max_ports) + 1],
+            command_timeout_us: COMMAND_TIMEOUT_US,
+            dead: false,
+            counters: Counters::default(),
+        };
+        c.power_ports();
+        c.process_events();
+        Ok(c)
+    }
+
+    /// Ports with Port Power Control come up unpowered after reset: power them and wait the
+    /// 20 ms power-on-to-power-good time.
+    fn power_ports(&mut self) {
+        let mut any = false;
+        for p in 1..=self.info.max_ports {
+            let sc = self.portsc_raw(p);
+            if sc & port::PP == 0 {
+                self.write_portsc(p, port::neutral(sc) | port::PP);
+                any = true;
+            }
+        }
+        if any {
+            self.os.delay_us(20_000);
+        }
+    }
+
+    /// What bring-up found.
+    pub fn info(&self) -> ControllerInfo {
+        self.info.clone()
+    }
+
+    /// Counters since bring-up.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The controller stopped answering (command abort failed or Host System Error).
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// Sets how long a command may take before it is aborted.
+    pub fn set_command_timeout_us(&mut self, us: u64) {
+        self.command_timeout_us = us;
+    }
+
+    /// Devices (slots) currently allocated.
+    pub fn device_count(&self) -> usize {
+        self.devices.iter().filter(|d| d.is_some()).count()
+    }
+
+    /// Takes the Port Status Change Events seen since the last call (port numbers).
+    pub fn take_port_changes(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, c) in self.port_changed.iter_mut().enumerate() {
+            if core::mem::take(c) {
+                out.push(i as u8);
+            }
+        }
+        out
+    }
+
+    fn ring_doorbell(&mut self, index: u8, target: u8) {
+        let mut d = doorbell::Register::default();
+        d.set_doorbell_target(target);
+        self.doorbells.write_volatile_at(usize::from(index), d);
+    }
+
+    /// Drains the event ring (acknowledging IMAN.IP / USBSTS.EINT, writing ERDP with EHB),
+    /// dispatching command completions and transfer events to whoever waits for them, and
+    /// recording port status changes. Returns the number of events consumed.
+    pub fn process_events(&mut self) -> usize {
+        {
+            let mut ir = self.regs.interrupter_register_set.interrupter_mut(0);
+            ir.iman.update_volatile(|r| {
+                r.clear_interrupt_pending();
+            });
+        }
+        let mut hse = false;
+        self.regs.operational.usbsts.update_volatile(|s| {
+            hse = s.host_system_error();
+            s.set_0_host_system_error()
+                .set_0_port_change_detect()
+                .set_0_save_restore_error()
+                .clear_event_interrupt();
+        });
+        if hse {
+            self.counters.host_system_errors += 1;
+            self.dead = true;
+        }
+        let mut n = 0;
+        while let Some(ev) = self.events.next_event() {
+            n += 1;
+            self.dispatch(ev);
+        }
+        let erdp = self.events.erdp();
+        let mut ir = self.regs.interrupter_register_set.interrupter_mut(0);
+        ir.erdp.update_volatile(|r| erdp.apply(r));
+        self.counters.events += n as u64;
+        n
+    }
+
+    fn dispatch(&mut self, ev: Event) {
+        match ev {
+            Event::CommandCompletion {
+                trb_ptr,
+                code,
+                slot,
+                parameter,
+            } => {
+                if code == Ok(CompletionCode::CommandRingStopped) {
+                    // Points at the next, unexecuted command: nothing completed.
+                    return;
+                }
+                let _ = self.cmd_ring.complete_up_to(trb_ptr);
+                let r = check(code).map(|_| CommandDone { slot, parameter });
+                self.cmd_done.insert(trb_ptr, r);
+            }
+            Event::Transfer {
+                trb_ptr,
+                code,
+                residual_len,
+                endpoint_id,
+                slot,
+                ..
+            } => match self
+                .devices
+                .get_mut(usize::from(slot))
+                .and_then(|d| d.as_mut())
+            {
+                Some(dev) => dev.events.push_back(TransferEv {
+                    trb_ptr,
+                    code,
+                    residual: residual_len,
+                    dci: endpoint_id,
+                }),
+                None => self.counters.stray_events += 1,
+            },
+            Event::PortStatusChange { port } => {
+                self.counters.port_events += 1;
+                if let Some(c) = self.port_changed.get_mut(usize::from(port)) {
+                    *c = true;
+                }
+            }
+            Event::Other(_) => {}
+        }
+    }
+
+    /// Runs one command: enqueue, doorbell 0, wait for its Command Completion Event. A command
+    /// that does not complete within the command timeout is aborted (CRCR.CA) and reported as
+    /// [`TransferError::Timeout`].
+    pub fn command(
+        &mut self,
+        trb: impl Into<command::Allowed>,
+    ) -> Result<CommandDone, TransferError> {
+        if self.dead {
+            return Err(TransferError::Controller("controller is dead".into()));
+        }
+        self.process_events();
+        let ptr = self
+            .cmd_ring
+            .enqueue(trb)
+            .map_err(|_| TransferError::NoResources("command ring"))?;
+        self.counters.commands += 1;
+        self.ring_doorbell(0, 0);
+        let deadline = self.os.now_us() + self.command_timeout_us;
+        loop {
+            self.process_events();
+            if let Some(r) = self.cmd_done.remove(&ptr) {
+                if r.is_err() {
+                    self.counters.command_errors += 1;
+                }
+                return r.map_err(TransferError::from);
+            }
+            let now = self.os.now_us();
+            if now >= deadline {
+                self.abort_command(ptr);
+                self.counters.command_timeouts += 1;
+                return Err(TransferError::Timeout);
+            }
+            self.os
+                .wait_for_interrupt((deadline - now).min(MAX_IRQ_WAIT_US));
+        }
+    }
+
+    /// Command Abort (xHCI 4.6.1.2): set CRCR.CA, wait for CRR to clear; the aborted command
+    /// completes with Command Aborted (dropped here) and the ring stops. The next doorbell
+    /// restarts it after the aborted TRB. If the ring does not stop, the controller is dead.
+    fn abort_command(&mut self, ptr: u64) {
+        self.regs.operational.crcr.update_volatile(|c| {
+            c.set_command_abort();
+        });
+        let deadline = self.os.now_us() + ABORT_TIMEOUT_US;
+        loop {
+            self.process_events();
+            let running = self
+                .regs
+                .operational
+                .crcr
+                .read_volatile()
+                .command_ring_running();
+            if !running {
+                break;
+            }
+            if self.os.now_us() >= deadline {
+                self.dead = true;
+                break;
+            }
+            self.os.wait_for_interrupt(MAX_IRQ_WAIT_US);
+        }
+        self.process_events();
+        if self.cmd_done.remove(&ptr).is_none() {
+            // The aborted command never reported: forget it so the ring slot is not held
+            // forever (the controller skipped it).
+            let _ = self.cmd_ring.complete_up_to(ptr);
+        }
+    }
+
+    /// Reads PORTSC of `port` (1-based) as a raw value.
+    pub fn portsc_raw(&self, port: u8) -> u32 {
+        self.ports_raw.read_volatile_at((usize::from(port) - 1) * 4)
+    }
+
+    fn write_portsc(&mut self, port: u8, value: u32) {
+        self.ports_raw
+            .write_volatile_at((usize::from(port) - 1) * 4, value);
+    }
+
+    fn protocol_of(&self, port: u8) -> Option<&PortProtocol> {
+        self.info.protocols.iter().find(|p| p.contains(port))
+    }
+
+    fn port_speed(&self, port: u8, psiv: u8) -> Option<Speed> {
+        match self.protocol_of(port) {
+            Some(p) => p.speed(psiv),
+            None => Speed::from_xhci_default_psiv(psiv),
+        }
+    }
+
+    fn wait_port(&mut self, port: u8, timeout_us: u64, cond: impl Fn(u32) -> bool) -> bool {
+        let deadline = self.os.now_us() + timeout_us;
+        loop {
+            if cond(self.portsc_raw(port)) {
+                return true;
+            }
+            if self.os.now_us() >= deadline {
+                return false;
+            }
+            self.os.delay_us(POLL_US);
+        }
+    }
+
+    fn check_port(&self, port: u8) -> Result<(), TransferError> {
+        if port == 0 || port > self.info.max_ports {
+            return Err(TransferError::Controller(format!("no root port {port}")));
+        }
+        Ok(())
+    }
+
+    fn device(&mut self, slot: DeviceHandle) -> Result<&mut Device, TransferError> {
+        self.devices
+            .get_mut(usize::from(slot))
+            .and_then(|d| d.as_mut())
+            .ok_or_else(|| TransferError::Controller(format!("no device in slot {slot}")))
+    }
+
+    /// Endpoint state (xHCI Table 6-8) from the output Device Context.
+    fn ep_state(&self, slot: u8, dci: u8) -> u32 {
+        let words = self.info.context_size.bytes() / 4;
+        match self.devices.get(usize::from(slot)).and_then(|d| d.as_ref()) {
+            Some(d) => d.output.read(usize::from(dci) * words) & 7,
+            None => 0,
+        }
+    }
+
+    /// Brings a halted, stopped or errored endpoint back to a usable state: Reset Endpoint if
+    /// halted, then Set TR Dequeue Pointer to the ring's enqueue position, forgetting whatever
+    /// was in flight and any events already queued for it.
+    fn recover_endpoint(&mut self, slot: u8, dci: u8) -> Result<(), TransferError> {
+        self.counters.recoveries += 1;
+        if self.ep_state(slot, dci) == EP_STATE_HALTED {
+            let mut c = command::ResetEndpoint::new();
+            c.set_slot_id(slot).set_endpoint_id(dci);
+            self.command(c)?;
+        }
+        let state = self.ep_state(slot, dci);
+        let dev = self.device(slot)?;
+        let deq = dev.ep0.dequeue_pointer_for_reset();
+        if state == EP_STATE_STOPPED || state == EP_STATE_ERROR {
+            let mut c = command::SetTrDequeuePointer::new();
+            c.set_slot_id(slot)
+                .set_endpoint_id(dci)
+                .set_new_tr_dequeue_pointer(deq & !0xf);
+            if deq & 1 != 0 {
+                c.set_dequeue_cycle_state();
+            } else {
+                c.clear_dequeue_cycle_state();
+            }
+            self.command(c)?;
+        }
+        let dev = self.device(slot)?;
+        dev.ep0.discard_in_flight();
+        dev.events.retain(|e| e.dci != dci);
+        Ok(())
+    }
+
+    /// Stops a running endpoint (after a timeout) and recovers it.
+    fn stop_and_recover(&mut self, slot: u8, dci: u8) -> Result<(), TransferError> {
+        let mut c = command::StopEndpoint::new();
+        c.set_slot_id(slot).set_endpoint_id(dci);
+        match self.command(c) {
+            Ok(_) => {}
+            // Already halted or stopped: recovery below handles it.
+            Err(TransferError::Controller(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.process_events();
+        self.recover_endpoint(slot, dci)
+    }
+
+    fn count_error(&mut self, e: &TransferError) {
+        let c = &mut self.counters;
+        match e {
+            TransferError::Stall => c.stalls += 1,
+            TransferError::Babble => c.babble += 1,
+            TransferError::Transaction => c.transaction_errors += 1,
+            TransferError::Timeout => c.timeouts += 1,
+            _ => c.other_errors += 1,
+        }
+    }
+
+    fn free_device(&mut self, slot: u8) -> Option<Device> {
+        let dev = self.devices.get_mut(usize::from(slot))?.take()?;
+        write_u64(&self.dcbaa, usize::from(slot) * 2, 0);
+        Some(dev)
+    }
+
+    fn control_inner(
+        &mut self,
+        slot: DeviceHandle,
+        setup: SetupPacket,
+        data: &mut [u8],
+        timeout_ms: u32,
+    ) -> Result<usize, TransferError> {
+        if self.dead {
+            return Err(TransferError::Controller("controller is dead".into()));
+        }
+        let len = usize::from(setup.length);
+        if data.len() < len {
+            return Err(TransferError::Controller(format!(
+                "buffer of {} bytes for wLength {len}",
+                data.len()
+            )));
+        }
+        if len > EP0_BUFFER_BYTES {
+            return Err(TransferError::NoResources(
+                "control transfer longer than the 4 KiB EP0 buffer",
+            ));
+        }
+        let dir_in = setup.is_device_to_host();
+        let dev = self.device(slot)?;
+        if !dev.ep0.is_empty() || dev.ep0.free_slots() < 3 {
+            return Err(TransferError::NoResources("EP0 ring busy"));
+        }
+        if !dir_in && len > 0 {
+            copy_to_dma(&dev.ep0_buf, &data[..len]);
+        }
+        let (s, d, st) = control_trbs(&setup, dev.ep0_buf.phys());
+        let map = |_| TransferError::NoResources("EP0 ring");
+        dev.ep0.enqueue(s).map_err(map)?;
+        let data_ptr = match d {
+            Some(d) => Some(dev.ep0.enqueue(d).map_err(map)?),
+            None => None,
+        };
+        let status_ptr = dev.ep0.enqueue(st).map_err(map)?;
+        self.counters.transfers += 1;
+        self.ring_doorbell(slot, 1);
+
+        let deadline = self.os.now_us() + u64::from(timeout_ms.max(1)) * 1000;
+        let mut residual = 0u32;
+        loop {
+            self.process_events();
+            let dev = self.device(slot)?;
+            while let Some(ev) = dev.events.pop_front() {
+                if ev.dci != 1 {
+                    // EP0 is the only endpoint this driver runs so far.
+                    continue;
+                }
+                match check(ev.code) {
+                    Ok(Completed::Short) if Some(ev.trb_ptr) == data_ptr => {
+                        residual = ev.residual;
+                    }
+                    Ok(_) if ev.trb_ptr == status_ptr => {
+                        let _ = dev.ep0.complete_up_to(status_ptr);
+                        let moved = len - (residual as usize).min(len);
+                        if dir_in && moved > 0 {
+                            copy_from_dma(&dev.ep0_buf, &mut data[..moved]);
+                        }
+                        return Ok(moved);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.recover_endpoint(slot, 1)?;
+                        return Err(e.into());
+                    }
+                }
+            }
+            let now = self.os.now_us();
+            if now >= deadline {
+                self.stop_and_recover(slot, 1)?;
+                return Err(TransferError::Timeout);
+            }
+            self.os
+                .wait_for_interrupt((deadline - now).min(MAX_IRQ_WAIT_US));
+        }
+    }
+}
+
+impl<M: Mapper + Clone> HostController for Controller<M> {
+    fn port_count(&self) -> u8 {
+        self.info.max_ports
+    }
+
+    fn port_status(&mut self, port: u8) -> PortStatus {
+        let usb_major = self.protocol_of(port).map_or(2, |p| p.major);
+        if port == 0 || port > self.info.max_ports {
+            return PortStatus {
+                connected: false,
+                enabled: false,
+                speed: None,
+                usb_major,
+                connect_changed: false,
+            };
+        }
+        let sc = self
+            .regs
+            .port_register_set
+            .read_volatile_at(usize::from(port) - 1)
+            .portsc;
+        let enabled = sc.port_enabled_disabled();
+        PortStatus {
+            connected: sc.current_connect_status(),
+            enabled,
+            speed: if enabled {
+                self.port_speed(port, sc.port_speed())
+            } else {
+                None
+            },
+            usb_major,
+            connect_changed: sc.connect_status_change(),
+        }
+    }
+
+    fn acknowledge_port_change(&mut self, port: u8) {
+        if self.check_port(port).is_err() {
+            return;
+        }
+        let sc = self.portsc_raw(port);
+        self.write_portsc(port, port::neutral(sc) | (sc & port::CHANGE_BITS));
+        if let Some(c) = self.port_changed.get_mut(usize::from(port)) {
+            *c = false;
+        }
+    }
+
+    fn reset_port(&mut self, port: u8) -> Result<Speed, TransferError> {
+        self.check_port(port)?;
+        let major = self.protocol_of(port).map_or(2, |p| p.major);
+        let sc = self.portsc_raw(port);
+        if sc & port::CCS == 0 {
+            return Err(TransferError::Disconnected);
+        }
+        if major >= 3 {
+            // USB 3 ports enable themselves after link training; a link stuck in Inactive or
+            // Compliance (or never reaching U0) needs a Warm Port Reset.
+            let ok = self.wait_port(port, USB3_ENABLE_TIMEOUT_US, |sc| sc & port::PED != 0);
+            if !ok {
+                let sc = self.portsc_raw(port);
+                self.write_portsc(port, port::neutral(sc) | port::WPR);
+                let done = self.wait_port(port, PORT_RESET_TIMEOUT_US, |sc| {
+                    sc & (port::WRC | port::PRC) != 0
+                });
+                let sc = self.portsc_raw(port);
+                self.write_portsc(port, port::neutral(sc) | (sc & (port::WRC | port::PRC)));
+                if !done {
+                    return Err(TransferError::Timeout);
+                }
+                if !self.wait_port(port, USB3_ENABLE_TIMEOUT_US, |sc| sc & port::PED != 0) {
+                    return Err(TransferError::Controller(format!(
+                        "USB 3 port {port} not enabled after warm reset"
+                    )));
+                }
+            }
+        } else {
+            self.write_portsc(port, port::neutral(sc) | port::PR);
+            let done = self.wait_port(port, PORT_RESET_TIMEOUT_US, |sc| {
+                sc & port::PRC != 0 || sc & port::CCS == 0
+            });
+            let sc = self.portsc_raw(port);
+            self.write_portsc(port, port::neutral(sc) | (sc & port::PRC));
+            if sc & port::CCS == 0 {
+                return Err(TransferError::Disconnected);
+            }
+            if !done {
+                return Err(TransferError::Timeout);
+            }
+            if sc & port::PED == 0 {
+                return Err(TransferError::Controller(format!(
+                    "port {port} not enabled after reset"
+                )));
+            }
+            self.os.delay_us(RESET_RECOVERY_US);
+        }
+        let psiv = port::speed_field(self.portsc_raw(port));
+        self.port_speed(port, psiv).ok_or_else(|| {
+            TransferError::Controller(format!("port {port}: unknown speed ID {psiv}"))
+        })
+    }
+
+    fn address_device(&mut self, at: Attachment) -> Result<DeviceHandle, TransferError> {
+        self.check_port(at.root_port)?;
+        let slot_type = self.protocol_of(at.root_port).map_or(0, |p| p.slot_type);
+        let mut es = command::EnableSlot::new();
+        es.set_slot_type(slot_type);
+        let slot = self.command(es)?.slot;
+        if slot == 0 || slot > self.info.slots_enabled {
+            return Err(TransferError::Controller(format!(
+                "Enable Slot returned slot {slot}"
+            )));
+        }
+        match self.setup_slot(slot, at) {
+            Ok(()) => Ok(slot),
+            Err(e) => {
+                if self.devices[usize::from(slot)].is_some() {
+                    let _ = self.release_device(slot);
+                } else {
+                    // Enable Slot succeeded but setup did not get as far as a device.
+                    let mut c = command::DisableSlot::new();
+                    c.set_slot_id(slot);
+                    let _ = self.command(c);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn set_ep0_max_packet(
+        &mut self,
+        device: DeviceHandle,
+        max_packet: u16,
+    ) -> Result<(), TransferError> {
+        let size = self.info.context_size;
+        let input = InputContext::evaluate_ep0_max_packet(size, max_packet);
+        let region = input
+            .to_dma(&*self.dma)
+            .map_err(|_| TransferError::NoResources("DMA memory"))?;
+        self.device(device)?;
+        let mut c = command::EvaluateContext::new();
+        c.set_slot_id(device)
+            .set_input_context_pointer(region.phys());
+        self.command(c)?;
+        self.device(device)?.ep0_max_packet = max_packet;
+        Ok(())
+    }
+
+    fn control_transfer(
+        &mut self,
+        device: DeviceHandle,
+        setup: SetupPacket,
+        data: &mut [u8],
+        timeout_ms: u32,
+    ) -> Result<usize, TransferError> {
+        let r = self.control_inner(device, setup, data, timeout_ms);
+        if let Err(e) = &r {
+            self.count_error(e);
+        }
+        r
+    }
+
+    fn release_device(&mut self, device: DeviceHandle) -> Result<(), TransferError> {
+        self.device(device)?;
+        let mut c = command::DisableSlot::new();
+        c.set_slot_id(device);
+        match self.command(c) {
+            Ok(_) | Err(TransferError::Controller(_)) => {
+                // Controller errors (Slot Not Enabled...) mean the slot is not in use by the
+                // controller either.
+                self.free_device(device);
+                Ok(())
+            }
+            Err(e) => {
+                // The controller may still own the contexts and rings: keep them.
+                if let Some(d) = self.free_device(device) {
+                    self.zombies.push(d);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<M: Mapper + Clone> Controller<M> {
+    fn setup_slot(&mut self, slot: u8, at: Attachment) -> Result<(), TransferError> {
+        let nomem = |_| TransferError::NoResources("DMA memory");
+        let size = self.info.context_size;
+        let output = self
+            .dma
+            .alloc(size.device_context_bytes(), 64, 4096)
+            .map_err(nomem)?;
+        output.fill_zero();
+        let ep0 = TransferRing::new(&*self.dma).map_err(nomem)?;
+        let ep0_buf = self
+            .dma
+            .alloc(EP0_BUFFER_BYTES, 4096, 4096)
+            .map_err(nomem)?;
+        for r in [&output, &ep0_buf] {
+            check_dma(self.info.ac64, r)
+                .map_err(|_| TransferError::NoResources("DMA memory below 4 GiB"))?;
+        }
+        let max_packet = initial_ep0_max_packet(at.speed);
+        let params = SlotParams {
+            route_string: at.route,
+            speed: ctx_speed(at.speed),
+            root_port: at.root_port,
+            transaction_translator: at.tt.map(|(hub, port)| (hub, port, false)),
+            hub_ports: None,
+            interrupter: 0,
+        };
+        let input = InputContext::address_device(
+            size,
+            &params,
+            max_packet,
+            ep0.dequeue_pointer_for_reset(),
+        );
+        let region = input.to_dma(&*self.dma).map_err(nomem)?;
+        write_u64(&self.dcbaa, usize::from(slot) * 2, output.phys());
+        self.devices[usize::from(slot)] = Some(Device {
+            output,
+            ep0,
+            ep0_buf,
+            speed: at.speed,
+            at,
+            ep0_max_packet: max_packet,
+            events: VecDeque::new(),
+        });
+        let mut c = command::AddressDevice::new();
+        c.set_slot_id(slot).set_input_context_pointer(region.phys());
+        self.command(c)?;
+        Ok(())
+    }
+
+    /// Speed, attachment and current EP0 max packet size of a device.
+    pub fn device_info(&self, device: DeviceHandle) -> Option<(Speed, Attachment, u16)> {
+        let d = self.devices.get(usize::from(device))?.as_ref()?;
+        Some((d.speed, d.at, d.ep0_max_packet))
+    }
+
+    /// Slots whose Disable Slot failed and whose memory is therefore still held.
+    pub fn zombie_count(&self) -> usize {
+        self.zombies.len()
+    }
+
+    /// No Op command (a liveness check of the command ring).
+    pub fn noop(&mut self) -> Result<(), TransferError> {
+        self.command(command::Noop::new()).map(|_| ())
+    }
+}
