@@ -81,6 +81,21 @@ pub enum StepError {
     NoConfigurations,
     /// SET_CONFIGURATION with a value the device does not offer.
     NoSuchConfiguration(u8),
+    /// Hub logic on a device that is not a hub.
+    NotAHub,
+    /// A hub whose route string has no room for another tier (5 hub tiers at most).
+    HubTooDeep {
+        depth: u8,
+    },
+    /// A hub descriptor with more ports than the stack supports.
+    TooManyPorts {
+        ports: u8,
+        max: u8,
+    },
+    /// A hub port reset that did not complete.
+    ResetTimeout,
+    /// A hub port that is not enabled after its reset.
+    PortNotEnabled,
 }
 
 impl fmt::Display for StepError {
@@ -103,6 +118,18 @@ impl fmt::Display for StepError {
             StepError::Inconsistent(what) => write!(f, "inconsistent descriptor: {what}"),
             StepError::NoConfigurations => f.write_str("device has no configurations"),
             StepError::NoSuchConfiguration(v) => write!(f, "no configuration with value {v}"),
+            StepError::NotAHub => f.write_str("not a hub"),
+            StepError::HubTooDeep { depth } => {
+                write!(
+                    f,
+                    "hub at tier {depth}: no route string tier left for its ports"
+                )
+            }
+            StepError::TooManyPorts { ports, max } => {
+                write!(f, "hub has {ports} ports, at most {max} supported")
+            }
+            StepError::ResetTimeout => f.write_str("port reset did not complete"),
+            StepError::PortNotEnabled => f.write_str("port not enabled after reset"),
         }
     }
 }

@@ -383,6 +383,14 @@ impl FakeDevice {
         self
     }
 
+    /// Disconnects whatever is on hub port `port` (a connect change is reported).
+    pub fn unplug(&mut self, port: u8) -> Option<FakeDevice> {
+        let p = &mut self.hub.as_mut()?.ports[port as usize - 1];
+        p.enabled = false;
+        p.change |= port_change::C_CONNECTION;
+        p.device.take().map(|d| d.1)
+    }
+
     fn max_packet0(&self) -> u16 {
         match self.device_descriptor.get(7) {
             Some(9) => 512,
@@ -465,6 +473,12 @@ impl FakeHostController {
     pub fn device(&self, handle: DeviceHandle) -> Option<&FakeDevice> {
         let path = self.live.iter().find(|l| l.handle == handle)?.path.clone();
         self.device_at(&path)
+    }
+
+    /// Mutable access to a live device's fake (to plug/unplug behind hubs mid-test).
+    pub fn device_mut(&mut self, handle: DeviceHandle) -> Option<&mut FakeDevice> {
+        let path = self.live.iter().find(|l| l.handle == handle)?.path.clone();
+        self.device_at_mut(&path)
     }
 
     /// Requests sent to one device.

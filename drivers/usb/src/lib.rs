@@ -15,6 +15,7 @@ pub mod enumerate;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod host;
+pub mod hub;
 pub mod matching;
 pub mod request;
 pub mod speed;

@@ -3,6 +3,7 @@
 mod descriptor;
 mod enumerate;
 mod fuzz;
+mod hub;
 mod matching;
 mod qemu;
 mod request;
