@@ -563,3 +563,56 @@ fn port_paths_and_class_names() {
     assert_eq!(function_name(2, 2, 0xFF), "CDC (RNDIS)");
     let _: String = class_name(8).to_string();
 }
+
+/// Randomly corrupted usb-net and keyboard blobs: enumeration never panics, and a device is
+/// either returned (one live handle) or released (none).
+#[test]
+fn fuzzed_devices_never_panic_or_leak() {
+    let mut r = super::fuzz::XorShift(0x5eed_1234_abcd_0001);
+    let (mut ok, mut failed) = (0, 0);
+    for i in 0..3000 {
+        let mut dev = if i % 2 == 0 {
+            FakeDevice::qemu_usb_net()
+        } else {
+            FakeDevice::qemu_usb_kbd()
+        };
+        let blobs: usize = 1 + dev.configurations.len() + dev.strings.len();
+        for _ in 0..1 + r.below(4) {
+            let which = r.below(blobs);
+            let blob = if which == 0 {
+                &mut dev.device_descriptor
+            } else if which <= dev.configurations.len() {
+                &mut dev.configurations[which - 1]
+            } else {
+                &mut dev.strings[which - 1 - dev.configurations.len()].1
+            };
+            match r.below(3) {
+                0 if !blob.is_empty() => {
+                    let at = r.below(blob.len());
+                    blob[at] = r.byte();
+                }
+                1 => {
+                    let n = r.below(blob.len() + 1);
+                    blob.truncate(n);
+                }
+                _ => blob.push(r.byte()),
+            }
+        }
+        let speed = [Speed::Low, Speed::Full, Speed::High][r.below(3)];
+        let mut hc = FakeHostController::new(2);
+        match plug_and_enumerate(&mut hc, 1, speed, dev) {
+            Ok(d) => {
+                ok += 1;
+                assert_eq!(hc.live_handles(), 1);
+                let _ = DeviceSummary::new("xhci0", 1, &d, None);
+            }
+            Err(e) => {
+                failed += 1;
+                assert_eq!(hc.live_handles(), 0, "{e}");
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+    // Both outcomes are exercised.
+    assert!(ok > 100 && failed > 100, "ok {ok} failed {failed}");
+}

@@ -7,10 +7,10 @@ use crate::request::{HubDescriptor, PortStatus};
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-struct XorShift(u64);
+pub(super) struct XorShift(pub(super) u64);
 
 impl XorShift {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -18,10 +18,10 @@ impl XorShift {
         self.0 = x;
         x
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
-    fn byte(&mut self) -> u8 {
+    pub(super) fn byte(&mut self) -> u8 {
         self.next() as u8
     }
 }
