@@ -841,15 +841,16 @@ impl<M: Mapper + Clone> Controller<M> {
     }
 
     fn wait_port(&mut self, port: u8, timeout_us: u64, cond: impl Fn(u32) -> bool) -> bool {
+        // Sleep first: nothing a port does after a write is instantaneous.
         let deadline = self.os.now_us() + timeout_us;
         loop {
+            self.os.delay_us(POLL_US);
             if cond(self.portsc_raw(port)) {
                 return true;
             }
             if self.os.now_us() >= deadline {
                 return false;
             }
-            self.os.delay_us(POLL_US);
         }
     }
 

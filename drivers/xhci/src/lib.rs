@@ -33,4 +33,6 @@ pub mod ring;
 pub use xhci;
 
 #[cfg(test)]
+mod hw_tests;
+#[cfg(test)]
 mod tests;
