@@ -438,6 +438,34 @@ impl<M: Mapper + Clone> Controller<M> {
                 }
             }
         }
+        if bios_handoff.is_some() {
+            // Disable the BIOS's SMIs and clear pending SMI events in USBLEGCTLSTS (xHCI 7.1.2),
+            // as Linux does. Raw: the crate's accessor for this register points at USBLEGSUP.
+            let mut at = mmio_base + (usize::from(hcc1.xhci_extended_capabilities_pointer()) << 2);
+            for _ in 0..64 {
+                // SAFETY: `at` walks the extended capability list inside BAR0 (each header's
+                // Next field, xHCI 7.0); only read here.
+                let hdr: u32 =
+                    unsafe { xhci::accessor::single::ReadWrite::<u32, M>::new(at, mapper.clone()) }
+                        .read_volatile();
+                if hdr & 0xff == 1 {
+                    // SAFETY: USBLEGCTLSTS is the dword after USBLEGSUP; only written here.
+                    let mut ctl = unsafe {
+                        xhci::accessor::single::ReadWrite::<u32, M>::new(at + 4, mapper.clone())
+                    };
+                    let v = ctl.read_volatile();
+                    ctl.write_volatile(
+                        (v & port::LEGACY_CTLSTS_KEEP) | port::LEGACY_CTLSTS_SMI_EVENTS,
+                    );
+                    break;
+                }
+                let next = ((hdr >> 8) & 0xff) as usize;
+                if next == 0 {
+                    break;
+                }
+                at += next << 2;
+            }
+        }
         if protocols.is_empty() {
             // No Supported Protocol capability (pre-1.0 parts): call every port USB 2.
             protocols.push(PortProtocol::fallback(max_ports));

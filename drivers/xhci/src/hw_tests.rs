@@ -158,6 +158,7 @@ impl FakeHc {
         hc.w32(OP + 0x08, 1); // PAGESIZE 4 KiB
                               // USB Legacy Support: BIOS owned; Supported Protocol USB 3 ports 1-4, USB 2 ports 5-8.
         hc.w32(XECP, 1 | (4 << 8) | (1 << 16));
+        hc.w32(XECP + 4, 1 | (1 << 4) | (1 << 13) | (1 << 29)); // SMI enables, one SMI event
         hc.w32(XECP + 0x10, 2 | (4 << 8) | (3 << 24));
         hc.w32(XECP + 0x14, 0x2042_5355);
         hc.w32(XECP + 0x18, 1 | (4 << 8));
@@ -577,6 +578,9 @@ fn init_sequence_and_info() {
         assert_eq!(info.bios_handoff, Some(HandoffResult::Released));
         assert_eq!(info.ports_of(3), vec![(1, 4)]);
         assert_eq!(info.ports_of(2), vec![(5, 8)]);
+        let ctlsts = r.hc.lock().unwrap().r32(XECP + 4);
+        assert_eq!(ctlsts & (1 | (1 << 4) | (7 << 13)), 0, "SMIs disabled");
+        assert_eq!(ctlsts & (7 << 29), 7 << 29, "SMI events written 1 (RW1C)");
     }
 }
 

@@ -50,6 +50,12 @@ pub const WAKE_MASK: u32 = 7 << 25;
 /// Warm Port Reset (RW1S, USB 3 ports).
 pub const WPR: u32 = 1 << 31;
 
+/// USBLEGCTLSTS bits kept when disabling SMIs (Linux `XHCI_LEGACY_DISABLE_SMI`): everything
+/// but the SMI enables (bits 0, 4, 13-15) and the RW1C event bits.
+pub const LEGACY_CTLSTS_KEEP: u32 = (0x7 << 1) | (0xff << 5) | (0x7 << 17);
+/// USBLEGCTLSTS RW1C SMI event bits 29-31 (written 1 to clear).
+pub const LEGACY_CTLSTS_SMI_EVENTS: u32 = 0x7 << 29;
+
 /// Every change bit (all RW1C).
 pub const CHANGE_BITS: u32 = CSC | PEC | WRC | OCC | PRC | PLC | CEC;
 
@@ -193,4 +199,45 @@ pub fn bios_handoff<M: Mapper + Clone>(
             .set_hc_os_owned_semaphore();
     });
     HandoffResult::Forced
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neutral_never_writes_rw1c_or_rw1s() {
+        let n = neutral(u32::MAX);
+        for bit in [CCS, PED, PR, LWS, WPR, CHANGE_BITS] {
+            assert_eq!(n & bit, 0, "{bit:#x}");
+        }
+        assert_eq!(n & PP, PP, "port power preserved");
+        assert_eq!(neutral(PED | CSC | PRC), 0);
+        assert_eq!(speed_field(3 << 10 | PED), 3);
+    }
+
+    #[test]
+    fn speeds_from_protocols() {
+        let mut p = PortProtocol::fallback(4);
+        assert_eq!(p.speed(1), Some(Speed::Full));
+        assert_eq!(p.speed(2), Some(Speed::Low));
+        assert_eq!(p.speed(3), Some(Speed::High));
+        assert_eq!(p.speed(4), Some(Speed::Super));
+        assert_eq!(p.speed(5), Some(Speed::SuperPlus));
+        assert_eq!(p.speed(0), None);
+        assert!(p.contains(1) && p.contains(4) && !p.contains(5) && !p.contains(0));
+        // A PSI table overrides the defaults for the IDs it lists.
+        p.psi.push((1, speed_from_bitrate(2, 480_000_000)));
+        assert_eq!(p.speed(1), Some(Speed::High));
+        assert_eq!(speed_from_bitrate(2, 1_500_000), Speed::Low);
+        assert_eq!(speed_from_bitrate(2, 12_000_000), Speed::Full);
+        assert_eq!(speed_from_bitrate(3, 5_000_000_000), Speed::Super);
+        assert_eq!(speed_from_bitrate(3, 10_000_000_000), Speed::SuperPlus);
+        let last = PortProtocol {
+            first_port: 250,
+            count: 6,
+            ..PortProtocol::fallback(0)
+        };
+        assert!(last.contains(255));
+    }
 }
