@@ -218,6 +218,7 @@ fn main_thread() {
     if let Some(which) = test {
         crate::ktest::run(&which);
     } else {
+        crate::usb::start();
         crate::shell::start();
         kprint!("tether> ");
     }

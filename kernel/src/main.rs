@@ -49,3 +49,5 @@ mod sync;
 mod time;
 #[cfg(target_os = "none")]
 mod trace;
+#[cfg(target_os = "none")]
+mod usb;

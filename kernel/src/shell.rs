@@ -70,7 +70,7 @@ fn execute(line: &str) {
     match words.next() {
         None => {}
         Some("help") => kprintln!(
-            "commands: help | threads | cpus | mem | trace [N] | log [SPEC] | uptime\n  log SPEC sets console levels, e.g. `log warn,sched=debug`"
+            "commands: help | threads | cpus | mem | usb | trace [N] | log [SPEC] | uptime\n  log SPEC sets console levels, e.g. `log warn,sched=debug`"
         ),
         Some("threads") => {
             kprintln!("{:>4} {:<16} {:<9} {:<8} {:>3} {:>12}", "id", "name", "priority", "state", "cpu", "cpu time ms");
@@ -121,6 +121,21 @@ fn execute(line: &str) {
                 Err(error) => kprintln!("log: {error}"),
             },
         },
+        Some("usb") => {
+            for d in crate::usb::registry::devices() {
+                kprintln!(
+                    "{} {:<8} {:<9} {:04x}:{:04x} class {:02x} {:<24} {}",
+                    d.controller,
+                    d.port_path,
+                    alloc::format!("{:?}", d.speed),
+                    d.vendor_id,
+                    d.product_id,
+                    d.class,
+                    d.product.as_deref().unwrap_or("-"),
+                    d.driver.unwrap_or("no driver")
+                );
+            }
+        }
         Some("uptime") => kprintln!("{} ms (booted by {})", time::now_ns() / 1_000_000, crate::boot::state().loader),
         Some(other) => kprintln!("unknown command '{other}' (try help)"),
     }

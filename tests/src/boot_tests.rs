@@ -17,6 +17,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         "stack overflow in thread 'ktest-overflow'",
     ),
     //                   name           kernel command line  expected output text
+    // Both xHCI models, every device of the USB machine enumerated with its real IDs.
+    BootTest::kernel_test("usb_enumeration", USB_DEVICES, "usb: enumeration ok"),
     BootTest::boots_with(
         "unknown_key",
         "bogus_key=1",

@@ -1,0 +1,54 @@
+//! The kernel's side of the USB stack's DMA trait: device memory from `mem::dma`, accessed
+//! with volatile word loads and stores because the controller reads and writes it concurrently.
+
+use alloc::boxed::Box;
+
+use tether_xhci::dma::{DmaBacking, DmaError, DmaMemory, DmaRegion};
+
+use crate::mem::dma::{self, DmaAllocError, DmaBuffer};
+
+struct Backing(DmaBuffer);
+
+impl DmaBacking for Backing {
+    fn phys(&self) -> u64 {
+        self.0.phys()
+    }
+
+    fn len_bytes(&self) -> usize {
+        self.0.len() & !3
+    }
+
+    fn read_u32(&self, index: usize) -> u32 {
+        assert!(
+            index < self.len_bytes() / 4,
+            "DMA word {index} out of range"
+        );
+        // SAFETY: in bounds (checked above) of a live, 4-byte-aligned DMA buffer we own.
+        unsafe { core::ptr::read_volatile((self.0.as_ptr() as *const u32).add(index)) }
+    }
+
+    fn write_u32(&self, index: usize, value: u32) {
+        assert!(
+            index < self.len_bytes() / 4,
+            "DMA word {index} out of range"
+        );
+        // SAFETY: as in read_u32; the device may access the memory too, hence volatile.
+        unsafe { core::ptr::write_volatile((self.0.as_ptr() as *mut u32).add(index), value) }
+    }
+}
+
+/// DMA for controllers that can address all memory (`limit` None) or only 4 GiB.
+pub struct KernelDma {
+    pub limit: Option<u64>,
+}
+
+impl DmaMemory for KernelDma {
+    fn alloc(&self, size: usize, align: usize, boundary: usize) -> Result<DmaRegion, DmaError> {
+        let size = size.next_multiple_of(4);
+        match dma::alloc(size, align.max(4), boundary, self.limit) {
+            Ok(buffer) => Ok(DmaRegion::new(Box::new(Backing(buffer)))),
+            Err(DmaAllocError::OutOfMemory) => Err(DmaError::OutOfMemory),
+            Err(DmaAllocError::Layout(_)) => Err(DmaError::Unsatisfiable),
+        }
+    }
+}

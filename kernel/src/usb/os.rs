@@ -1,0 +1,53 @@
+//! What the xHCI driver needs from the kernel: time, sleeping, and waiting for its interrupt.
+//! The MSI-X (or MSI) handler only releases the controller's semaphore; the thread that waits
+//! drains the event ring.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use tether_xhci::controller::Os;
+
+use crate::sync::raw::RawSpinLock;
+use crate::sync::Semaphore;
+use crate::{sched, time};
+
+pub struct KernelOs {
+    interrupt: Semaphore,
+}
+
+impl KernelOs {
+    pub fn new() -> Arc<KernelOs> {
+        Arc::new(KernelOs {
+            interrupt: Semaphore::new(0),
+        })
+    }
+}
+
+impl Os for KernelOs {
+    fn now_us(&self) -> u64 {
+        time::now_us()
+    }
+
+    fn delay_us(&self, us: u64) {
+        sched::sleep_ns(us * 1000);
+    }
+
+    fn wait_for_interrupt(&self, timeout_us: u64) {
+        self.interrupt.down_timeout(timeout_us * 1000);
+    }
+}
+
+/// Which controller an interrupt vector belongs to.
+static BY_VECTOR: RawSpinLock<Vec<(u8, Arc<KernelOs>)>> = RawSpinLock::new(Vec::new());
+
+pub fn register_vector(vector: u8, os: Arc<KernelOs>) {
+    BY_VECTOR.lock().push((vector, os));
+}
+
+/// Interrupt context: wake the controller's waiter, nothing else.
+pub fn controller_interrupt(vector: u8) {
+    let list = BY_VECTOR.lock();
+    if let Some((_, os)) = list.iter().find(|(v, _)| *v == vector) {
+        os.interrupt.up();
+    }
+}
