@@ -6,6 +6,13 @@
 //! - in test mode, one `ktest <name> ... ok (<n> ms)` or `ktest <name> ... FAILED: <reason>`
 //!   line per test and a closing `ktest done: N passed, N failed`.
 //!
+//! - on every USB attach and detach (normal boots, hotplug included):
+//!   `usb: attached <controller> <port-path> <vid>:<pid> ...` and
+//!   `usb: detached <controller> <port-path> <vid>:<pid> ...` ([`parse_usb_event`]), possibly
+//!   after a log prefix (`[    0.062009] INFO  usb: attached xhci1 1-5 0525:a4a2 Full ...`);
+//! - in reply to the console command `mem` (typed on COM1, ended by `\r`):
+//!   `frames: F free of T (...); heap: H KiB in use of O KiB` ([`parse_mem_line`]).
+//!
 //! It leaves QEMU through `isa-debug-exit`, which turns the value written into the process exit
 //! status `(value << 1) | 1`: [`EXIT_SUCCESS`] or [`EXIT_FAILURE`].
 
@@ -157,6 +164,104 @@ pub fn parse_counts(text: &str) -> Option<(u32, u32)> {
     Some((passed?, failed?))
 }
 
+/// Whether a USB device arrived or left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsbEventKind {
+    /// `usb: attached ...`
+    Attached,
+    /// `usb: detached ...`
+    Detached,
+}
+
+/// One `usb: attached` / `usb: detached` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsbEvent {
+    /// Attached or detached.
+    pub kind: UsbEventKind,
+    /// Controller name (`xhci1`).
+    pub controller: String,
+    /// Port path on that controller (`1-5`, `1-8.1` behind a hub).
+    pub port_path: String,
+    /// Vendor ID.
+    pub vid: u16,
+    /// Product ID.
+    pub pid: u16,
+}
+
+impl UsbEvent {
+    /// Whether this is the device `vid:pid`.
+    pub fn is_device(&self, vid: u16, pid: u16) -> bool {
+        (self.vid, self.pid) == (vid, pid)
+    }
+}
+
+/// Parses a `usb: attached <controller> <port-path> <vid>:<pid> ...` or
+/// `usb: detached ...` line (anything before `usb:`, such as a log prefix, and anything after
+/// the IDs is ignored); `None` for any other line.
+pub fn parse_usb_event(line: &str) -> Option<UsbEvent> {
+    let start = find_word(line, "usb: ")?;
+    let mut words = line[start + "usb: ".len()..].split_whitespace();
+    let kind = match words.next()? {
+        "attached" => UsbEventKind::Attached,
+        "detached" => UsbEventKind::Detached,
+        _ => return None,
+    };
+    let controller = words.next()?.to_string();
+    let port_path = words.next()?.to_string();
+    let (vid, pid) = words.next()?.split_once(':')?;
+    let hex = |t: &str| {
+        (t.len() == 4)
+            .then(|| u16::from_str_radix(t, 16).ok())
+            .flatten()
+    };
+    Some(UsbEvent {
+        kind,
+        controller,
+        port_path,
+        vid: hex(vid)?,
+        pid: hex(pid)?,
+    })
+}
+
+/// The kernel's memory counters, from its console command `mem`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemStats {
+    /// Free physical frames.
+    pub frames_free: u64,
+    /// All physical frames the allocator manages.
+    pub frames_total: u64,
+    /// Heap bytes in use, in KiB.
+    pub heap_used_kib: u64,
+    /// Heap bytes the allocator owns, in KiB.
+    pub heap_owned_kib: u64,
+}
+
+/// Parses the reply to `mem`: `frames: F free of T (...); heap: H KiB in use of O KiB`
+/// (text before `frames:` and inside the parentheses is ignored); `None` for any other line.
+pub fn parse_mem_line(line: &str) -> Option<MemStats> {
+    let start = find_word(line, "frames: ")?;
+    let rest = &line[start + "frames: ".len()..];
+    let (frames, heap) = rest.split_once("; heap: ")?;
+    let words: Vec<&str> = frames.split_whitespace().collect();
+    let (frames_free, frames_total) = match words.as_slice() {
+        [free, "free", "of", total, ..] => (free.parse().ok()?, total.parse().ok()?),
+        _ => return None,
+    };
+    let words: Vec<&str> = heap.split_whitespace().collect();
+    let (heap_used_kib, heap_owned_kib) = match words.as_slice() {
+        [used, "KiB", "in", "use", "of", owned, "KiB", ..] => {
+            (used.parse().ok()?, owned.parse().ok()?)
+        }
+        _ => return None,
+    };
+    Some(MemStats {
+        frames_free,
+        frames_total,
+        heap_used_kib,
+        heap_owned_kib,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +339,74 @@ mod tests {
             Some((5, 0))
         );
         assert_eq!(parse_counts("5 passed"), None);
+    }
+    #[test]
+    fn usb_attach_and_detach_lines() {
+        assert_eq!(
+            parse_usb_event(
+                "[    0.066332] INFO  usb: attached xhci1 1-5 0525:a4a2 Full CDC 'QEMU USB Network Device' (no driver)"
+            ),
+            Some(UsbEvent {
+                kind: UsbEventKind::Attached,
+                controller: "xhci1".into(),
+                port_path: "1-5".into(),
+                vid: 0x0525,
+                pid: 0xa4a2,
+            })
+        );
+        let detached = parse_usb_event("tether> usb: detached xhci1 1-8.1 0627:0001\r").unwrap();
+        assert_eq!(detached.kind, UsbEventKind::Detached);
+        assert_eq!(detached.port_path, "1-8.1");
+        assert!(detached.is_device(0x0627, 1));
+        assert!(!detached.is_device(0x0525, 0xa4a2));
+        // Upper-case hex is hex too.
+        assert!(parse_usb_event("usb: attached xhci2 2-6 0525:A4A2").is_some());
+    }
+
+    #[test]
+    fn other_usb_lines_are_not_events() {
+        for line in [
+            "[ 0.035] INFO  usb: xhci1: 0000:00:01.0 1b36:000d xHCI 0.00 running: 8 ports",
+            "usb: attached xhci1 1-5",
+            "usb: attached xhci1 1-5 525:a4a2",
+            "usb: attached xhci1 1-5 0525-a4a2",
+            "usb: attached xhci1 1-5 0525:a4a2x",
+            "usb: enumeration ok (8 devices)",
+            "myusb: attached xhci1 1-5 0525:a4a2",
+            "usb device: xhci1 1-5 Full 0525:a4a2 class 02 no driver",
+        ] {
+            assert_eq!(parse_usb_event(line), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn mem_reply() {
+        let want = MemStats {
+            frames_free: 63210,
+            frames_total: 65280,
+            heap_used_kib: 812,
+            heap_owned_kib: 2048,
+        };
+        assert_eq!(
+            parse_mem_line(
+                "frames: 63210 free of 65280 (246 MiB free); heap: 812 KiB in use of 2048 KiB"
+            ),
+            Some(want)
+        );
+        assert_eq!(
+            parse_mem_line(
+                "tether> frames: 63210 free of 65280 (x); heap: 812 KiB in use of 2048 KiB\r"
+            ),
+            Some(want)
+        );
+        for line in [
+            "tether> mem",
+            "frames: 63210 free of 65280 (246 MiB free)",
+            "frames: many free of 65280 (x); heap: 812 KiB in use of 2048 KiB",
+            "frames: 1 free of 2 (x); heap: 812 MiB in use of 2048 MiB",
+            "frames: 1 free of 2 (x); heap: 812 KiB in use",
+        ] {
+            assert_eq!(parse_mem_line(line), None, "{line}");
+        }
     }
 }
