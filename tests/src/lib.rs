@@ -5,11 +5,13 @@
 //!
 //! - [`protocol`]: the kernel's serial protocol (ready line, panic line, `ktest` lines, exit codes).
 //! - [`boot_tests`]: the table of single-purpose boots (crash-on-purpose tests, warnings).
+//! - [`hotplug`]: the host-driven USB hotplug test (QMP unplug/replug cycles, leak counters).
 //! - [`suites`]: the fixed boots every test run makes (the in-kernel suite, the ISO boots).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod boot_tests;
+pub mod hotplug;
 pub mod protocol;
 pub mod suites;
