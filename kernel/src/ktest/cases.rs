@@ -12,7 +12,7 @@ use crate::sched::{self, Priority, Spawn};
 use crate::sync::{checker, CondVar, Mutex, RecursiveMutex, Semaphore, SpinLock, WaitQueue};
 use crate::{cpu, time, trace};
 
-type Case = (&'static str, fn() -> TestResult);
+pub type Case = (&'static str, fn() -> TestResult);
 
 pub static ALL: &[Case] = &[
     ("dma_alignment_and_boundaries", dma_alignment_and_boundaries),

@@ -4,7 +4,7 @@
 use super::{ensure, TestResult};
 use crate::usb;
 
-pub static MACHINE_TESTS: &[(&str, fn() -> TestResult)] = &[("usb_enumeration", usb_enumeration)];
+pub static MACHINE_TESTS: &[super::cases::Case] = &[("usb_enumeration", usb_enumeration)];
 
 /// Both xHCI models (qemu-xhci, nec-usb-xhci) with QEMU's usb-net, usb-kbd, usb-storage, and on
 /// qemu-xhci a hub with a mouse behind it: every device enumerated with its real IDs.
@@ -42,6 +42,18 @@ fn usb_enumeration() -> TestResult {
                 .iter()
                 .any(|d| d.controller == controller && d.vendor_id == vid && d.product_id == pid),
             "{what} ({vid:04x}:{pid:04x}) not found on {controller}"
+        );
+    }
+    // QEMU's usb-net is full-speed only: GET_DESCRIPTOR(device qualifier) is a real protocol
+    // STALL on EP0, and the control transfer right after it must succeed.
+    for controller in ["xhci1", "xhci2"] {
+        let net = devices
+            .iter()
+            .find(|d| d.controller == controller && d.vendor_id == 0x0525);
+        ensure!(
+            net.is_some_and(|d| d.ep0_stall_recovered == Some(true)),
+            "{controller}: usb-net's EP0 protocol stall not seen or not recovered: {:?}",
+            net.map(|d| d.ep0_stall_recovered)
         );
     }
     let behind_hub = devices

@@ -12,20 +12,29 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 use tether_pci::PciFunction;
+
 use tether_usb::device::DeviceSummary;
-use tether_usb::enumerate::{enumerate, UsbDevice};
+use tether_usb::enumerate::{enumerate, probe_device_qualifier, UsbDevice};
 use tether_usb::host::{Attachment, HostController};
 use tether_usb::hub;
+use tether_usb::request::{rt, SetupPacket};
 use tether_xhci::controller::Controller;
 
-use crate::sched::{Priority, Spawn};
+use crate::sched::{JoinHandle, Priority, Spawn};
+use crate::sync::WaitQueue;
 use crate::{cpu, pci};
 
 const CLASS_SERIAL_BUS: u8 = 0x0C;
 const SUBCLASS_USB: u8 = 0x03;
 const PROG_IF_XHCI: u8 = 0x30;
 const HUB_CLASS: u8 = 0x09;
+
+type Xhci = Controller<mapper::IdentityMapper>;
 /// US English, what nearly every device offers.
 const LANGUAGE: u16 = 0x0409;
 
@@ -63,13 +72,16 @@ fn run_controller(number: usize, function: PciFunction) {
     registry::controller_started();
     let name = format!("xhci{number}");
     match bring_up(&name, &function) {
-        Ok(mut controller) => {
-            enumerate_root_ports(&name, number as u8, &mut controller);
+        Ok((controller, os)) => {
+            let mut bus = Bus {
+                name,
+                number: number as u8,
+                controller,
+                attached: BTreeMap::new(),
+            };
+            bus.rescan_root_ports();
             registry::controller_settled();
-            loop {
-                controller.process_events();
-                crate::sched::sleep_ms(1000);
-            }
+            bus.watch(&os);
         }
         Err(error) => {
             log::error!("{name}: {} failed to start: {error}", function.address);
@@ -78,10 +90,7 @@ fn run_controller(number: usize, function: PciFunction) {
     }
 }
 
-fn bring_up(
-    name: &str,
-    function: &PciFunction,
-) -> Result<Controller<mapper::IdentityMapper>, String> {
+fn bring_up(name: &str, function: &PciFunction) -> Result<(Xhci, Arc<os::KernelOs>), String> {
     let bar = function.bars[0]
         .filter(|b| b.is_memory())
         .ok_or_else(|| String::from("no memory BAR0"))?;
@@ -112,45 +121,67 @@ fn bring_up(
         info.context_size.bytes(),
         info.scratchpads,
     );
-    Ok(controller)
+    Ok((controller, os))
 }
 
-fn record(name: &str, bus: u8, device: &UsbDevice) {
-    let summary = DeviceSummary::new(name, bus, device, None);
-    log::info!(
-        "{name} {} {:?} {:04x}:{:04x} {} {} ({})",
-        summary.port_path,
-        summary.speed,
-        summary.vid,
-        summary.pid,
-        summary.class_name(),
-        device.product.as_deref().unwrap_or("-"),
-        "no driver"
-    );
-    registry::add(registry::DeviceRecord {
-        controller: String::from(name),
-        port_path: summary.port_path.clone(),
-        speed: summary.speed,
-        vendor_id: summary.vid,
-        product_id: summary.pid,
-        class: summary.class,
-        product: device.product.clone(),
-        driver: None,
-    });
+/// One controller's devices, owned by its thread. Root ports are rescanned whenever the
+/// controller reports a port change; a device gone from its port is detached with everything
+/// behind it (when it was a hub).
+struct Bus {
+    name: String,
+    number: u8,
+    controller: Xhci,
+    /// Devices by root port, the root device first, then what sits behind it.
+    attached: BTreeMap<u8, Vec<AttachedDevice>>,
 }
 
-fn enumerate_root_ports(name: &str, bus: u8, controller: &mut Controller<mapper::IdentityMapper>) {
-    for port in 1..=controller.port_count() {
-        let status = controller.port_status(port);
-        controller.acknowledge_port_change(port);
-        if !status.connected {
-            continue;
+struct AttachedDevice {
+    device: UsbDevice,
+    port_path: String,
+    life: Arc<DeviceLife>,
+    thread: JoinHandle,
+}
+
+/// Tells a device's thread its device is gone.
+struct DeviceLife {
+    detached: AtomicBool,
+    changed: WaitQueue,
+}
+
+impl Bus {
+    /// Sleeps until the controller interrupts (or a second passes), handles its events and
+    /// any port changes. Never returns.
+    fn watch(&mut self, os: &os::KernelOs) -> ! {
+        use tether_xhci::controller::Os;
+        loop {
+            os.wait_for_interrupt(1_000_000);
+            self.controller.process_events();
+            if !self.controller.take_port_changes().is_empty() {
+                self.rescan_root_ports();
+            }
         }
-        let speed = match controller.reset_port(port) {
+    }
+
+    fn rescan_root_ports(&mut self) {
+        for port in 1..=self.controller.port_count() {
+            let status = self.controller.port_status(port);
+            self.controller.acknowledge_port_change(port);
+            let known = self.attached.contains_key(&port);
+            if known && (!status.connected || status.connect_changed) {
+                self.detach_port(port);
+            }
+            if status.connected && !self.attached.contains_key(&port) {
+                self.attach_port(port);
+            }
+        }
+    }
+
+    fn attach_port(&mut self, port: u8) {
+        let speed = match self.controller.reset_port(port) {
             Ok(speed) => speed,
             Err(error) => {
-                log::warn!("{name}: port {port}: reset failed: {error}");
-                continue;
+                log::warn!("{}: port {port}: reset failed: {error}", self.name);
+                return;
             }
         };
         let at = Attachment {
@@ -159,42 +190,149 @@ fn enumerate_root_ports(name: &str, bus: u8, controller: &mut Controller<mapper:
             speed,
             tt: None,
         };
-        match enumerate(controller, at, LANGUAGE) {
-            Ok(device) => attach(name, bus, controller, device, 1),
-            Err(error) => log::warn!("{name}: port {port}: {error}"),
+        match enumerate(&mut self.controller, at, LANGUAGE) {
+            Ok(device) => {
+                let mut devices = Vec::new();
+                self.attach(device, 1, &mut devices);
+                self.attached.insert(port, devices);
+            }
+            Err(error) => log::warn!("{}: port {port}: {error}", self.name),
+        }
+    }
+
+    /// Records a new device and starts its thread; a hub's ports are scanned in turn (at most
+    /// five tiers deep, as USB allows).
+    fn attach(&mut self, device: UsbDevice, tier: u8, out: &mut Vec<AttachedDevice>) {
+        let summary = DeviceSummary::new(&self.name, self.number, &device, None);
+        let qualifier_stall = self.check_ep0_protocol_stall(&device);
+        log::info!(
+            "attached {} {} {:04x}:{:04x} {:?} {} '{}' ({})",
+            self.name,
+            summary.port_path,
+            summary.vid,
+            summary.pid,
+            summary.speed,
+            summary.class_name(),
+            device.product.as_deref().unwrap_or("-"),
+            "no driver"
+        );
+        registry::add(registry::DeviceRecord {
+            controller: self.name.clone(),
+            port_path: summary.port_path.clone(),
+            speed: summary.speed,
+            vendor_id: summary.vid,
+            product_id: summary.pid,
+            class: summary.class,
+            product: device.product.clone(),
+            driver: None,
+            ep0_stall_recovered: qualifier_stall,
+        });
+        let life = Arc::new(DeviceLife {
+            detached: AtomicBool::new(false),
+            changed: WaitQueue::new(),
+        });
+        let thread = {
+            let life = life.clone();
+            Spawn::new(format!(
+                "usb{}-{}",
+                self.number,
+                summary.port_path.split_once('-').map_or("?", |(_, p)| p)
+            ))
+            .priority(Priority::Driver)
+            .start(move || device_thread(life))
+        };
+        let is_hub = summary.class == HUB_CLASS;
+        let hub_device = is_hub.then(|| device.clone());
+        out.push(AttachedDevice {
+            device,
+            port_path: summary.port_path,
+            life,
+            thread,
+        });
+        let Some(hub_device) = hub_device.filter(|_| tier <= 5) else {
+            return;
+        };
+        let mut delay = |ms: u32| crate::sched::sleep_ms(u64::from(ms));
+        let hub = match hub::init_hub(&mut self.controller, &hub_device, &mut delay) {
+            Ok(hub) => hub,
+            Err(error) => {
+                log::warn!("{}: hub: {error}", self.name);
+                return;
+            }
+        };
+        for (port, event) in hub::scan_ports(&mut self.controller, &hub, LANGUAGE, &mut delay) {
+            match event {
+                Ok(hub::PortEvent::Attached(child)) => self.attach(child, tier + 1, out),
+                Ok(_) => {}
+                Err(error) => log::warn!("{}: hub port {port}: {error}", self.name),
+            }
+        }
+    }
+
+    /// Full-speed-only devices answer GET_DESCRIPTOR(device qualifier) with a protocol STALL.
+    /// Asking tells a USB 2 device's capabilities, and proves EP0 recovers: a GET_STATUS must
+    /// succeed right after. Returns Some(true) when it stalled and recovered.
+    fn check_ep0_protocol_stall(&mut self, device: &UsbDevice) -> Option<bool> {
+        if device.descriptor.usb_version < 0x0200 {
+            return None;
+        }
+        match probe_device_qualifier(&mut self.controller, device) {
+            Ok(Some(_)) => None,
+            Ok(None) => {
+                let mut status = [0u8; 2];
+                let recovered = self
+                    .controller
+                    .control_transfer(
+                        device.handle,
+                        SetupPacket::get_status(rt::DEVICE, 0),
+                        &mut status,
+                        1000,
+                    )
+                    .is_ok();
+                log::debug!("{}: EP0 protocol stall on GET_DESCRIPTOR(device qualifier), recovered: {recovered}", self.name);
+                Some(recovered)
+            }
+            Err(error) => {
+                log::warn!("{}: device qualifier: {error}", self.name);
+                Some(false)
+            }
+        }
+    }
+
+    /// Detaches everything under a root port, deepest first: each device's thread is told and
+    /// given a bounded time to finish, then the controller forgets the device.
+    fn detach_port(&mut self, port: u8) {
+        let Some(mut devices) = self.attached.remove(&port) else {
+            return;
+        };
+        while let Some(entry) = devices.pop() {
+            entry.life.detached.store(true, Ordering::Release);
+            entry.life.changed.wake_all();
+            if !entry.thread.join_timeout(2_000_000_000) {
+                log::warn!(
+                    "{}: {}: device thread did not finish within 2 s",
+                    self.name,
+                    entry.port_path
+                );
+            }
+            if let Err(error) = self.controller.release_device(entry.device.handle) {
+                log::warn!("{}: {}: release: {error}", self.name, entry.port_path);
+            }
+            registry::remove(&self.name, &entry.port_path);
+            log::info!(
+                "detached {} {} {:04x}:{:04x}",
+                self.name,
+                entry.port_path,
+                entry.device.descriptor.vendor,
+                entry.device.descriptor.product
+            );
         }
     }
 }
 
-/// Records a new device; a hub's ports are scanned in turn (at most five tiers deep, as USB allows).
-fn attach(
-    name: &str,
-    bus: u8,
-    controller: &mut Controller<mapper::IdentityMapper>,
-    device: UsbDevice,
-    tier: u8,
-) {
-    record(name, bus, &device);
-    let is_hub = DeviceSummary::new(name, bus, &device, None).class == HUB_CLASS;
-    if !is_hub || tier > 5 {
-        return;
-    }
-    let mut delay = |ms: u32| crate::sched::sleep_ms(u64::from(ms));
-    let hub = match hub::init_hub(controller, &device, &mut delay) {
-        Ok(hub) => hub,
-        Err(error) => {
-            log::warn!(
-                "{name}: hub {}: {error}",
-                tether_usb::device::port_path(bus, &device.attachment)
-            );
-            return;
-        }
-    };
-    for (port, event) in hub::scan_ports(controller, &hub, LANGUAGE, &mut delay) {
-        match event {
-            Ok(hub::PortEvent::Attached(child)) => attach(name, bus, controller, child, tier + 1),
-            Ok(_) => {}
-            Err(error) => log::warn!("{name}: hub port {port}: {error}"),
-        }
-    }
+/// A device's own thread. Class drivers run their attach, work and detach here (straight-line,
+/// blocking code); with no driver bound it only waits for the device to go away.
+fn device_thread(life: Arc<DeviceLife>) {
+    life.changed
+        .wait_while(None, || !life.detached.load(Ordering::Acquire));
 }

@@ -20,6 +20,9 @@ pub struct DeviceRecord {
     pub class: u8,
     pub product: Option<String>,
     pub driver: Option<&'static str>,
+    /// Some(true): the device answered GET_DESCRIPTOR(device qualifier) with a protocol STALL
+    /// and EP0 worked again right after.
+    pub ep0_stall_recovered: Option<bool>,
 }
 
 static DEVICES: Mutex<Vec<DeviceRecord>> = Mutex::new("usb.registry", Vec::new());
@@ -39,6 +42,12 @@ pub fn controller_settled() {
 
 pub fn add(record: DeviceRecord) {
     DEVICES.lock().push(record);
+}
+
+pub fn remove(controller: &str, port_path: &str) {
+    DEVICES
+        .lock()
+        .retain(|d| !(d.controller == controller && d.port_path == port_path));
 }
 
 pub fn devices() -> Vec<DeviceRecord> {
