@@ -4,6 +4,7 @@
 //! - [`kernel_build`]: builds the kernel ELF into `target/kernel`.
 //! - [`preset`]: QEMU command lines (PVH or ISO boot, SeaBIOS or OVMF, usb-net networking).
 //! - [`instance`]: a running QEMU, its serial console read line by line under deadlines.
+//! - [`qmp`]: a QMP client (QEMU's machine protocol) for host-driven tests such as hotplug.
 //! - [`boots`], [`test_run`], [`host_tests`], [`pool`], [`report`]: `tether test`.
 //! - [`bench`]: `tether bench boot`.
 //! - [`run`]: `tether run` (the interactive boot) and `tether iso`.
@@ -24,6 +25,7 @@ pub mod kernel_build;
 pub mod paths;
 pub mod pool;
 pub mod preset;
+pub mod qmp;
 pub mod report;
 pub mod run;
 pub mod test_run;
