@@ -101,12 +101,13 @@ fn execute(line: &str) {
             kprintln!("spurious interrupts {}, console interrupts {}", trap::spurious_count(), IRQS.load(Ordering::Relaxed));
         }
         Some("mem") => kprintln!(
-            "frames: {} free of {} ({} MiB free); heap: {} KiB in use of {} KiB",
+            "frames: {} free of {} ({} MiB free); heap: {} KiB in use of {} KiB; {} thread stacks pooled",
             frames::free_frames(),
             frames::total_frames(),
             (frames::free_frames() * 4096) >> 20,
             heap::bytes_in_use() / 1024,
-            heap::bytes_owned() / 1024
+            heap::bytes_owned() / 1024,
+            crate::mem::stacks::pooled()
         ),
         Some("trace") => {
             let n = words.next().and_then(|w| w.parse().ok()).unwrap_or(50);

@@ -17,7 +17,7 @@ pub type Case = (&'static str, fn() -> TestResult);
 pub static ALL: &[Case] = &[
     ("dma_alignment_and_boundaries", dma_alignment_and_boundaries),
     ("heap_grows_and_returns", heap_grows_and_returns),
-    ("spawn_join_frees_stacks", spawn_join_frees_stacks),
+    ("spawn_join_reuses_stacks", spawn_join_reuses_stacks),
     ("threads_run_on_every_cpu", threads_run_on_every_cpu),
     ("sleep_duration", sleep_duration),
     ("timeslice_preemption", timeslice_preemption),
@@ -128,31 +128,39 @@ fn heap_grows_and_returns() -> TestResult {
     Ok(())
 }
 
-fn spawn_join_frees_stacks() -> TestResult {
-    let before = frames::free_frames();
-    let sum = Arc::new(AtomicU64::new(0));
-    let handles: Vec<_> = (0..32u64)
-        .map(|i| {
-            let sum = sum.clone();
-            sched::spawn(alloc::format!("ktest-join{i}"), move || {
-                sum.fetch_add(i, Ordering::Relaxed);
+fn spawn_join_reuses_stacks() -> TestResult {
+    // Two waves of 32 threads: the second must reuse the first wave's pooled stacks, so the
+    // frame count after it equals the count after the first.
+    let mut after_wave = [0usize; 2];
+    for (wave, slot) in after_wave.iter_mut().enumerate() {
+        let sum = Arc::new(AtomicU64::new(0));
+        let handles: Vec<_> = (0..32u64)
+            .map(|i| {
+                let sum = sum.clone();
+                sched::spawn(alloc::format!("ktest-join{wave}.{i}"), move || {
+                    sum.fetch_add(i, Ordering::Relaxed);
+                })
             })
-        })
-        .collect();
-    for h in handles {
-        ensure!(h.join_timeout(5_000 * MS), "a thread did not finish");
+            .collect();
+        for h in handles {
+            ensure!(h.join_timeout(5_000 * MS), "a thread did not finish");
+        }
+        ensure!(
+            sum.load(Ordering::Relaxed) == (0..32).sum::<u64>(),
+            "threads' work lost"
+        );
+        sched::sleep_ms(20);
+        *slot = frames::free_frames();
     }
     ensure!(
-        sum.load(Ordering::Relaxed) == (0..32).sum::<u64>(),
-        "threads' work lost"
+        after_wave[1] == after_wave[0],
+        "stacks not reused: {} free frames after the first wave, {} after the second",
+        after_wave[0],
+        after_wave[1]
     );
-    sched::sleep_ms(20);
-    let after = frames::free_frames();
     ensure!(
-        after + 4 >= before,
-        "thread stacks not freed: {} frames before, {} after",
-        before,
-        after
+        crate::mem::stacks::pooled() >= 32,
+        "exited threads' stacks not pooled"
     );
     Ok(())
 }
