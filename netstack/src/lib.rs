@@ -1,3 +1,12 @@
-//! smoltcp glue, addressing and TCP services (filled by the netstack issue).
+//! smoltcp glue, addressing and TCP services. So far: building and recognising the probe frames
+//! (ARP, ICMP echo) that the USB data-path tests use; the interface and services follow.
 #![no_std]
 #![forbid(unsafe_code)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod probe;
+
+pub use smoltcp;
