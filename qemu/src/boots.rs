@@ -33,9 +33,20 @@ impl BootSettings {
         let echo = Echo {
             prefix: self.echo.then(|| format!("[{name}] ")),
         };
-        Instance::spawn(machine.command(), Some(&log), echo)
+        Instance::spawn_machine(machine, Some(&log), echo)
             .map(|q| (q, log))
             .map_err(|e| TestOutcome::fail(name, format!("cannot start QEMU: {e:#}")))
+    }
+
+    /// Where the boot `name` gets its QMP socket: next to its serial log, or in the system's
+    /// temp folder when that path is too long for a unix socket (108 bytes with the NUL).
+    pub fn qmp_socket(&self, name: &str) -> PathBuf {
+        let beside_log = self.log_dir.join(format!("{name}.qmp"));
+        if beside_log.as_os_str().len() < 100 {
+            beside_log
+        } else {
+            std::env::temp_dir().join(format!("tether-{}-{name}.qmp", std::process::id()))
+        }
     }
 }
 

@@ -1,11 +1,15 @@
-//! A running QEMU: spawned with its serial console (`-serial stdio`) on a pipe, read line by
-//! line on a reader thread, every wait bounded by a deadline, killed when dropped.
+//! A running QEMU: spawned with its serial console (`-serial stdio`) on pipes — output read
+//! line by line on a reader thread, input written by [`Instance::send_serial_line`] — every wait
+//! bounded by a deadline, killed when dropped. A machine with a QMP socket can be driven
+//! through [`Instance::connect_qmp`].
 
-use anyhow::{Context, Result};
+use crate::preset::Machine;
+use crate::qmp::Qmp;
+use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -46,6 +50,8 @@ pub struct Echo {
 /// A running QEMU process (or any program standing in for it in tests).
 pub struct Instance {
     child: Child,
+    stdin: Option<ChildStdin>,
+    qmp_socket: Option<PathBuf>,
     events: Receiver<ReaderEvent>,
     lines: Vec<SerialLine>,
     stderr: Arc<Mutex<String>>,
@@ -55,8 +61,9 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Spawns `cmd` with stdin closed and stdout/stderr captured. Serial lines are also
-    /// written to `log` when given, and echoed as `echo` says.
+    /// Spawns `cmd` with stdin, stdout and stderr on pipes (stdin stays open for
+    /// [`Instance::send_serial_line`]). Serial lines are also written to `log` when given, and
+    /// echoed as `echo` says.
     pub fn spawn(mut cmd: Command, log: Option<&Path>, echo: Echo) -> Result<Instance> {
         let mut log_file = match log {
             Some(path) => {
@@ -67,13 +74,14 @@ impl Instance {
             }
             None => None,
         };
-        cmd.stdin(Stdio::null())
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let spawned_at = Instant::now();
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
 
@@ -117,6 +125,8 @@ impl Instance {
 
         Ok(Instance {
             child,
+            stdin,
+            qmp_socket: None,
             events,
             lines: Vec::new(),
             stderr,
@@ -124,6 +134,69 @@ impl Instance {
             stream_closed: false,
             exit_status: None,
         })
+    }
+
+    /// Spawns QEMU for `machine` (as [`Instance::spawn`]). A stale socket file at the machine's
+    /// QMP path is removed first; the path is kept for [`Instance::connect_qmp`] and the file
+    /// removed when the instance is dropped.
+    pub fn spawn_machine(machine: &Machine, log: Option<&Path>, echo: Echo) -> Result<Instance> {
+        Instance::spawn_with_qmp(machine.command(), machine.qmp.as_deref(), log, echo)
+    }
+
+    /// [`Instance::spawn`] of a command that opens a QMP socket at `qmp`.
+    pub fn spawn_with_qmp(
+        cmd: Command,
+        qmp: Option<&Path>,
+        log: Option<&Path>,
+        echo: Echo,
+    ) -> Result<Instance> {
+        if let Some(socket) = qmp {
+            if let Some(parent) = socket.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            match std::fs::remove_file(socket) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", socket.display()))
+                }
+                _ => {}
+            }
+        }
+        let mut instance = Instance::spawn(cmd, log, echo)?;
+        instance.qmp_socket = qmp.map(Path::to_path_buf);
+        Ok(instance)
+    }
+
+    /// The QMP socket's path, when the machine has one.
+    pub fn qmp_socket(&self) -> Option<&Path> {
+        self.qmp_socket.as_deref()
+    }
+
+    /// Connects to the machine's QMP socket (retrying while QEMU starts), within `timeout`;
+    /// every later QMP call is bounded by `timeout` too.
+    pub fn connect_qmp(&self, timeout: Duration) -> Result<Qmp> {
+        let Some(socket) = &self.qmp_socket else {
+            bail!("this machine has no QMP socket (Machine::qmp)");
+        };
+        Ok(Qmp::connect(socket, timeout)?)
+    }
+
+    /// Types `text` on the serial console, ended by `\r` (what a terminal's Enter sends; the
+    /// kernel's console shell runs a command on `\r`).
+    pub fn send_serial_line(&mut self, text: &str) -> Result<()> {
+        let mut bytes = text.as_bytes().to_vec();
+        bytes.push(b'\r');
+        self.send_serial(&bytes)
+    }
+
+    /// Writes raw bytes to the serial console (QEMU's stdin under `-serial stdio`).
+    pub fn send_serial(&mut self, bytes: &[u8]) -> Result<()> {
+        let Some(stdin) = self.stdin.as_mut() else {
+            bail!("serial input is closed");
+        };
+        stdin
+            .write_all(bytes)
+            .and_then(|()| stdin.flush())
+            .context("writing to the serial console (QEMU's stdin)")
     }
 
     /// When the process was spawned.
@@ -239,6 +312,10 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         self.kill();
+        // A killed QEMU leaves its socket file behind.
+        if let Some(socket) = &self.qmp_socket {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 }
 
@@ -305,6 +382,50 @@ mod tests {
             thread::sleep(Duration::from_millis(10));
         }
         assert!(q.stderr_text().contains("oops"));
+    }
+
+    #[test]
+    fn serial_input_reaches_the_program() {
+        // A console that answers each `\r`-ended command on its own line.
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(r#"while read -r -d $'\r' cmd; do echo "got <$cmd>"; done"#);
+        let mut q = Instance::spawn(cmd, None, Echo::default()).unwrap();
+        q.send_serial_line("mem").unwrap();
+        assert_eq!(
+            q.wait_for(soon(10), |l| l.starts_with("got")),
+            Wait::Found("got <mem>".into())
+        );
+        q.send_serial_line("usb 2").unwrap();
+        assert_eq!(
+            q.wait_for(soon(10), |l| l.starts_with("got")),
+            Wait::Found("got <usb 2>".into())
+        );
+        assert!(q.connect_qmp(Duration::from_millis(10)).is_err());
+    }
+
+    #[test]
+    fn qmp_socket_is_fresh_and_removed() {
+        let dir = std::env::temp_dir().join(format!("tether-instance-qmp-{}", std::process::id()));
+        let socket = dir.join("m.qmp");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&socket, "stale").unwrap();
+        let mut cmd = Command::new("sh");
+        // Stands in for QEMU creating its socket.
+        cmd.arg("-c")
+            .arg(format!("echo > {}; sleep 30", socket.display()));
+        let q = Instance::spawn_with_qmp(cmd, Some(&socket), None, Echo::default()).unwrap();
+        assert_eq!(q.qmp_socket(), Some(socket.as_path()));
+        let deadline = soon(10);
+        while std::fs::read_to_string(&socket).unwrap_or_default() != "\n" {
+            assert!(Instant::now() < deadline, "the stale file was not replaced");
+            thread::sleep(Duration::from_millis(10));
+        }
+        // Not a socket: connecting fails, within the bound.
+        assert!(q.connect_qmp(Duration::from_millis(100)).is_err());
+        drop(q);
+        assert!(!socket.exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 pub use tether_tests::suites::Firmware;
 
@@ -134,6 +134,9 @@ pub struct Machine {
     pub network: Network,
     /// Extra arguments passed to QEMU as they are.
     pub extra_args: Vec<String>,
+    /// A QMP socket QEMU listens on (`-qmp unix:PATH,server=on,wait=off`), for host-driven
+    /// tests ([`crate::qmp::Qmp`]).
+    pub qmp: Option<PathBuf>,
 }
 
 impl Machine {
@@ -145,6 +148,7 @@ impl Machine {
             memory: "256M".to_string(),
             network: Network::None,
             extra_args: Vec::new(),
+            qmp: None,
         }
     }
 
@@ -180,6 +184,9 @@ impl Machine {
         ]);
         let debug_exit = format!("isa-debug-exit,iobase={DEBUG_EXIT_IOBASE:#x},iosize=0x04");
         push(&["-device", &debug_exit]);
+        if let Some(socket) = &self.qmp {
+            push(&["-qmp", &qmp_arg(socket)]);
+        }
         match &self.network {
             Network::None => {}
             Network::UsbNetUser { forwards } => {
@@ -221,6 +228,12 @@ impl Machine {
         cmd.args(self.args());
         cmd
     }
+}
+
+/// `-qmp`'s value for a unix socket: QEMU's option syntax doubles a comma inside a value.
+pub fn qmp_arg(socket: &Path) -> String {
+    let path = socket.to_string_lossy().replace(',', ",,");
+    format!("unix:{path},server=on,wait=off")
 }
 
 /// Shows the command as a shell would take it (for `--dry-run` and error messages).
@@ -352,6 +365,22 @@ mod tests {
         let args = args_of(&m);
         assert!(has_pair(&args, "-smp", "4"));
         assert_eq!(&args[args.len() - 2..], ["-d", "int"]);
+    }
+
+    #[test]
+    fn qmp_socket() {
+        let mut m = Machine::pvh("/k", "");
+        assert!(!args_of(&m).contains(&"-qmp".to_string()));
+        m.qmp = Some("/logs/hotplug_cycles.qmp".into());
+        assert!(has_pair(
+            &args_of(&m),
+            "-qmp",
+            "unix:/logs/hotplug_cycles.qmp,server=on,wait=off"
+        ));
+        assert_eq!(
+            qmp_arg(Path::new("/a,b/q.sock")),
+            "unix:/a,,b/q.sock,server=on,wait=off"
+        );
     }
 
     #[test]
