@@ -1,12 +1,14 @@
-//! The boots a test run makes: the in-kernel suite, the single-purpose boot tests and the ISO
-//! boots. Each returns test outcomes; none waits without a deadline.
+//! The boots a test run makes: the in-kernel suite, the single-purpose boot tests, the
+//! host-driven hotplug test and the ISO boots. Each returns test outcomes; none waits without a deadline.
 
+use crate::hotplug::HotplugConfig;
 use crate::instance::{Echo, Instance, Wait};
 use crate::preset::Machine;
 use crate::report::{TestOutcome, FAILURE_TAIL_LINES};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tether_tests::boot_tests::{BootTest, Ending, BOOT_TEST_TIMEOUT};
+use tether_tests::hotplug;
 use tether_tests::protocol::{self, KernelExit};
 use tether_tests::suites::{
     IsoBoot, KtestTally, ISO_BOOT_TIMEOUT, KTEST_SILENCE_TIMEOUT, KTEST_SUITE_CMDLINE,
@@ -204,6 +206,33 @@ pub fn run_boot_test(kernel: &Path, test: &BootTest, settings: &BootSettings) ->
             Ok(()) => TestOutcome::pass(&name, elapsed),
             Err(reason) => TestOutcome::fail(&name, reason),
         }
+    };
+    outcome.with_context(failure_context(&q, &log, &machine))
+}
+
+/// Boots the host-driven hotplug test (`tether_tests::hotplug`): a normal boot on a machine with
+/// one qemu-xhci + usb-net and a QMP socket, then unplug/replug cycles through QMP
+/// ([`crate::hotplug::drive`]); `TETHER_HOTPLUG_CYCLES` overrides the cycle count.
+pub fn run_hotplug_test(kernel: &Path, settings: &BootSettings) -> TestOutcome {
+    let name = format!("boot::{}", hotplug::NAME);
+    let cycles = match hotplug::cycles(std::env::var(hotplug::CYCLES_ENV).ok().as_deref()) {
+        Ok(cycles) => cycles,
+        Err(reason) => return TestOutcome::fail(name, reason),
+    };
+    let mut machine = Machine::pvh(kernel, hotplug::CMDLINE);
+    machine
+        .extra_args
+        .extend(hotplug::QEMU_ARGS.iter().map(|a| a.to_string()));
+    machine.qmp = Some(settings.qmp_socket(hotplug::NAME));
+    let (mut q, log) = match settings.spawn(hotplug::NAME, &machine) {
+        Ok(spawned) => spawned,
+        Err(failure) => return TestOutcome { name, ..failure },
+    };
+    let result = crate::hotplug::drive(&mut q, &HotplugConfig::with_cycles(cycles));
+    q.kill();
+    let outcome = match result {
+        Ok(report) => TestOutcome::pass(&name, report.summary()),
+        Err(reason) => TestOutcome::fail(&name, reason),
     };
     outcome.with_context(failure_context(&q, &log, &machine))
 }

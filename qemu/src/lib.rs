@@ -5,6 +5,7 @@
 //! - [`preset`]: QEMU command lines (PVH or ISO boot, SeaBIOS or OVMF, usb-net networking).
 //! - [`instance`]: a running QEMU, its serial console read line by line under deadlines.
 //! - [`qmp`]: a QMP client (QEMU's machine protocol) for host-driven tests such as hotplug.
+//! - [`hotplug`]: the host-driven USB hotplug test (QMP unplug/replug cycles).
 //! - [`boots`], [`test_run`], [`host_tests`], [`pool`], [`report`]: `tether test`.
 //! - [`bench`]: `tether bench boot`.
 //! - [`run`]: `tether run` (the interactive boot) and `tether iso`.
@@ -20,6 +21,7 @@ pub mod boots;
 pub mod cli;
 pub mod deps;
 pub mod host_tests;
+pub mod hotplug;
 pub mod instance;
 pub mod kernel_build;
 pub mod paths;

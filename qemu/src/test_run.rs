@@ -11,7 +11,8 @@ use crate::report::{TestOutcome, Totals};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tether_tests::boot_tests::{BootTest, BOOT_TESTS};
+use tether_tests::boot_tests::{BootTest, BOOT_TESTS, HOTPLUG_TEST_ENABLED};
+use tether_tests::hotplug;
 use tether_tests::suites::{IsoBoot, ISO_BOOTS};
 
 /// QEMU boots run at once (these hosts have 2 cores; each TCG guest wants more).
@@ -35,6 +36,7 @@ pub struct TestOptions {
 enum BootJob<'a> {
     KtestSuite,
     Single(&'a BootTest),
+    Hotplug,
     Iso(&'a IsoBoot),
 }
 
@@ -43,6 +45,7 @@ impl BootJob<'_> {
         match self {
             BootJob::KtestSuite => "ktest_suite",
             BootJob::Single(test) => test.name,
+            BootJob::Hotplug => hotplug::NAME,
             BootJob::Iso(boot) => boot.name,
         }
     }
@@ -117,6 +120,9 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
     // TCG guest on a 2-core host would steal its vCPUs' time. The short boots then share.
     let mut alone = vec![BootJob::KtestSuite];
     let mut shared: Vec<BootJob> = BOOT_TESTS.iter().map(BootJob::Single).collect();
+    if HOTPLUG_TEST_ENABLED {
+        shared.push(BootJob::Hotplug);
+    }
     shared.extend(ISO_BOOTS.iter().map(BootJob::Iso));
     if let Some(filter) = &options.filter {
         alone.retain(|job| job.name().contains(filter.as_str()));
@@ -135,6 +141,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
     let run_job = |job| match job {
         BootJob::KtestSuite => boots::run_ktest_suite(kernel, &settings),
         BootJob::Single(test) => vec![boots::run_boot_test(kernel, test, &settings)],
+        BootJob::Hotplug => vec![boots::run_hotplug_test(kernel, &settings)],
         BootJob::Iso(boot) => vec![boots::run_iso_boot(iso, boot, &settings)],
     };
     let mut report = |outcomes: Vec<TestOutcome>| {
