@@ -296,7 +296,7 @@ mod tests {
                 println!("tether> {text}");
                 if text == "mem" {
                     println!(
-                        "frames: {} free of 65280 (234 MiB free); heap: {} KiB in use of 2048 KiB",
+                        "frames: {} free of 65280 (234 MiB free); heap: {} KiB in use of 2048 KiB; 0 thread stacks pooled",
                         f.load(Ordering::SeqCst),
                         h.load(Ordering::SeqCst)
                     );

@@ -11,7 +11,7 @@
 //!   `usb: detached <controller> <port-path> <vid>:<pid> ...` ([`parse_usb_event`]), possibly
 //!   after a log prefix (`[    0.062009] INFO  usb: attached xhci1 1-5 0525:a4a2 Full ...`);
 //! - in reply to the console command `mem` (typed on COM1, ended by `\r`):
-//!   `frames: F free of T (...); heap: H KiB in use of O KiB` ([`parse_mem_line`]).
+//!   `frames: F free of T (...); heap: H KiB in use of O KiB[; more fields]` ([`parse_mem_line`]).
 //!
 //! It leaves QEMU through `isa-debug-exit`, which turns the value written into the process exit
 //! status `(value << 1) | 1`: [`EXIT_SUCCESS`] or [`EXIT_FAILURE`].
@@ -237,7 +237,8 @@ pub struct MemStats {
 }
 
 /// Parses the reply to `mem`: `frames: F free of T (...); heap: H KiB in use of O KiB`
-/// (text before `frames:` and inside the parentheses is ignored); `None` for any other line.
+/// (text before `frames:`, inside the parentheses and in further `; ...` fields is ignored);
+/// `None` for any other line.
 pub fn parse_mem_line(line: &str) -> Option<MemStats> {
     let start = find_word(line, "frames: ")?;
     let rest = &line[start + "frames: ".len()..];
@@ -247,6 +248,8 @@ pub fn parse_mem_line(line: &str) -> Option<MemStats> {
         [free, "free", "of", total, ..] => (free.parse().ok()?, total.parse().ok()?),
         _ => return None,
     };
+    // Further `; ...` fields (the kernel adds some: `; 0 thread stacks pooled`) are ignored.
+    let heap = heap.split(';').next().unwrap_or_default();
     let words: Vec<&str> = heap.split_whitespace().collect();
     let (heap_used_kib, heap_owned_kib) = match words.as_slice() {
         [used, "KiB", "in", "use", "of", owned, "KiB", ..] => {
@@ -398,6 +401,15 @@ mod tests {
                 "tether> frames: 63210 free of 65280 (x); heap: 812 KiB in use of 2048 KiB\r"
             ),
             Some(want)
+        );
+        assert_eq!(
+            parse_mem_line("frames: 63961 free of 65406 (249 MiB free); heap: 1037 KiB in use of 4096 KiB; 0 thread stacks pooled"),
+            Some(MemStats {
+                frames_free: 63961,
+                frames_total: 65406,
+                heap_used_kib: 1037,
+                heap_owned_kib: 4096,
+            })
         );
         for line in [
             "tether> mem",
