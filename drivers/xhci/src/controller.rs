@@ -1,27 +1,43 @@
 //! The xHCI controller driver: bring-up (BIOS handoff, halt, reset, DCBAA, scratchpads, command
-//! ring, event ring on interrupter 0), commands with timeouts, port handling, device slots and
-//! control transfers on EP0, behind [`tether_usb::host::HostController`].
+//! ring, event ring on interrupter 0), commands with timeouts, port handling, device slots,
+//! control transfers on EP0, and bulk/interrupt [`Pipe`]s, behind
+//! [`tether_usb::host::HostController`].
+//!
+//! [`Controller`] is a cheap clonable handle (`Arc`), `Send + Sync`, every method `&self`.
+//! Its state sits behind short, non-blocking critical sections of the kernel's raw mutex `R`
+//! (MMIO writes, ring enqueue, queue bookkeeping); no lock is held while waiting. Lock order:
+//! event ring > command ring > device table > a device's endpoint table > one endpoint >
+//! registers > counters.
+//!
+//! Waiting: every command and transfer gets a [`Completion`] from [`Os::completion`];
+//! [`Controller::process_events`] (run by the kernel's controller thread after each interrupt,
+//! see [`Controller::wait_for_events`]) matches completion events to their waiters and signals
+//! them. Until some thread calls [`Controller::wait_for_events`], waiters drain the event ring
+//! themselves between [`Os::wait_for_interrupt`] calls (boot enumeration runs on the controller
+//! thread); afterwards they wait on their completion and drain the ring themselves only when a
+//! slice of [`MAX_IRQ_WAIT_US`] passes without a signal (a wedged or missing event thread costs
+//! latency, never progress).
 //!
 //! Register access goes through the `xhci` crate's accessors over a [`Mapper`] the kernel
 //! supplies. Two raw accessors are built here because the crate's cannot do the job (see
-//! [`Controller::doorbells`] and [`crate::port`]).
-//!
-//! Everything blocks the calling thread: waiting paths loop on [`Os::wait_for_interrupt`] plus
-//! [`Controller::process_events`], so completions are handled in thread context.
+//! `Hw::doorbells` and [`crate::port`]).
 
-use crate::completion::{check, Completed, UsbError};
-use crate::context::{self, ContextSize, InputContext, SlotParams};
+use crate::completion::{check, UsbError};
+use crate::context::{self, ContextSize, EndpointKind, EndpointParams, InputContext, SlotParams};
 use crate::dma::{DmaError, DmaMemory, DmaRegion};
 use crate::event::{Event, EventRing};
+use crate::pipe::{Endpoint, EndpointConfig, HostOps, Pipe, PipeInfo, PipeKind};
 use crate::port::{self, PortProtocol};
 use crate::ring::{CommandRing, TransferRing};
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::BTreeMap;
 use alloc::format;
-use alloc::sync::Arc;
+use alloc::sync::{Arc, Weak};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use lock_api::{Mutex, RawMutex};
 use tether_usb::host::{Attachment, DeviceHandle, HostController, PortStatus, TransferError};
 use tether_usb::request::SetupPacket;
 use tether_usb::speed::Speed;
@@ -32,6 +48,15 @@ use xhci::ring::trb::event::CompletionCode;
 use xhci::ring::trb::{command, transfer};
 use xhci::Registers;
 
+/// A one-shot wake-up for one command or transfer (the kernel implements it with a semaphore
+/// of count 0). `signal` may come before `wait`, from another thread.
+pub trait Completion: Send + Sync {
+    /// Wakes the waiter (or lets its next `wait` return at once).
+    fn signal(&self);
+    /// Waits until signalled or `timeout_us` passes; true if signalled.
+    fn wait(&self, timeout_us: u64) -> bool;
+}
+
 /// What the controller needs from the OS. The kernel implements it; tests fake it.
 pub trait Os: Send + Sync {
     /// Monotonic microseconds.
@@ -41,7 +66,22 @@ pub trait Os: Send + Sync {
     /// Blocks until this controller's interrupter fires or `timeout_us` passes; may return
     /// early. The kernel's MSI-X handler wakes it.
     fn wait_for_interrupt(&self, timeout_us: u64);
+    /// A new, unsignalled completion for one command or transfer.
+    fn completion(&self) -> Arc<dyn Completion>;
 }
+
+/// What the raw-mutex type parameter must be: a `lock_api` raw mutex usable from any thread.
+/// It guards short, non-blocking critical sections only and is never taken in interrupt
+/// context.
+pub trait RawLock: RawMutex + Send + Sync + 'static {}
+impl<T: RawMutex + Send + Sync + 'static> RawLock for T {}
+
+/// What the MMIO mapper type parameter must be.
+pub trait Mmio: Mapper + Clone + Send + Sync + 'static {}
+impl<T: Mapper + Clone + Send + Sync + 'static> Mmio for T {}
+
+/// The default raw mutex: `spin`'s (a plain spin lock).
+pub type DefaultRawMutex = spin::Mutex<()>;
 
 /// Bring-up failures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,11 +153,13 @@ pub const RESET_RECOVERY_US: u64 = 10_000;
 const POLL_US: u64 = 500;
 /// Longest single wait_for_interrupt while a command or transfer is outstanding: a missed
 /// interrupt costs at most this much.
-const MAX_IRQ_WAIT_US: u64 = 10_000;
+pub const MAX_IRQ_WAIT_US: u64 = 10_000;
 /// Interrupter moderation interval in 250 ns units: 1000 = 250 µs, at most 4000 interrupts/s.
 /// Each interrupt drains every pending event, so this bounds interrupt load under bulk traffic
 /// (TCG guests pay a lot per interrupt) while adding at most 250 µs to a control transfer.
 pub const IMOD_INTERVAL: u16 = 1000;
+/// CLEAR_FEATURE(ENDPOINT_HALT) timeout in `clear_halt`.
+pub const CLEAR_HALT_TIMEOUT_MS: u32 = 1000;
 /// The per-device EP0 bounce buffer; control transfers are limited to it.
 pub const EP0_BUFFER_BYTES: usize = 4096;
 /// Enabled device slots are capped at this.
@@ -214,31 +256,8 @@ pub struct CommandDone {
     pub parameter: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct TransferEv {
-    trb_ptr: u64,
-    code: Result<CompletionCode, u8>,
-    residual: u32,
-    dci: u8,
-}
-
-struct Device {
-    output: DmaRegion,
-    ep0: TransferRing,
-    ep0_buf: DmaRegion,
-    speed: Speed,
-    at: Attachment,
-    ep0_max_packet: u16,
-    events: VecDeque<TransferEv>,
-}
-
-/// Endpoint Context states (xHCI 6.2.3, Table 6-8).
-const EP_STATE_HALTED: u32 = 2;
-const EP_STATE_STOPPED: u32 = 3;
-const EP_STATE_ERROR: u32 = 4;
-
-/// An xHCI controller.
-pub struct Controller<M: Mapper + Clone> {
+/// Registers: touched only under the `hw` lock.
+struct Hw<M: Mmio> {
     regs: Registers<M>,
     /// Doorbell array with MaxSlots + 1 entries: the crate's accessor has only MaxSlots, which
     /// leaves out the doorbell of the highest slot ID.
@@ -246,26 +265,77 @@ pub struct Controller<M: Mapper + Clone> {
     /// PORTSC dwords as raw `u32` (4 per port) for writes: the crate's PORTSC type cannot write
     /// 0 to the RW1S Port Reset / Warm Port Reset bits it has read as 1.
     ports_raw: array::ReadWrite<u32, M>,
+}
+
+struct CmdWaiter {
+    result: spin::Once<Result<CommandDone, UsbError>>,
+    completion: Arc<dyn Completion>,
+}
+
+struct CmdState {
+    ring: CommandRing,
+    /// Waiters by command TRB pointer (commands nobody waits for have none).
+    pending: BTreeMap<u64, Arc<CmdWaiter>>,
+}
+
+struct Device<R: RawLock> {
+    output: DmaRegion,
+    ep0: Arc<Endpoint<R>>,
+    /// EP0 bounce buffer, used by whoever holds `ep0_busy`.
+    ep0_buf: DmaRegion,
+    ep0_busy: AtomicBool,
+    ep0_max_packet: AtomicU16,
+    speed: Speed,
+    at: Attachment,
+    /// By DCI (0..32); EP0 at 1.
+    endpoints: Mutex<R, Vec<Option<Arc<Endpoint<R>>>>>,
+}
+
+impl<R: RawLock> Device<R> {
+    fn all_endpoints(&self) -> Vec<Arc<Endpoint<R>>> {
+        self.endpoints.lock().iter().flatten().cloned().collect()
+    }
+}
+
+struct Inner<M: Mmio, R: RawLock> {
+    me: Weak<Inner<M, R>>,
+    hw: Mutex<R, Hw<M>>,
     dma: Box<dyn DmaMemory + Send + Sync>,
     os: Arc<dyn Os>,
     info: ControllerInfo,
     dcbaa: DmaRegion,
     _scratchpad_array: Option<DmaRegion>,
     _scratchpads: Vec<DmaRegion>,
-    cmd_ring: CommandRing,
-    events: EventRing,
-    /// Completions by command TRB pointer, until their waiter takes them.
-    cmd_done: BTreeMap<u64, Result<CommandDone, UsbError>>,
+    cmd: Mutex<R, CmdState>,
+    events: Mutex<R, EventRing>,
     /// Indexed by slot ID.
-    devices: Vec<Option<Device>>,
+    devices: Mutex<R, Vec<Option<Arc<Device<R>>>>>,
     /// Slots whose Disable Slot failed: their memory stays allocated (the controller may
     /// still own it).
-    zombies: Vec<Device>,
+    zombies: Mutex<R, Vec<Arc<Device<R>>>>,
     /// Port Status Change Events seen, indexed by port number.
-    port_changed: Vec<bool>,
-    command_timeout_us: u64,
-    dead: bool,
-    counters: Counters,
+    port_changed: Mutex<R, Vec<bool>>,
+    command_timeout_us: AtomicU64,
+    dead: AtomicBool,
+    /// Some thread runs [`Controller::wait_for_events`]: waiters sleep on their completions.
+    event_thread: AtomicBool,
+    /// One command abort at a time.
+    aborting: AtomicBool,
+    counters: Mutex<R, Counters>,
+}
+
+/// An xHCI controller: a cheap clonable handle. `R` is the raw mutex of its internal critical
+/// sections (the kernel's; [`DefaultRawMutex`] unless given).
+pub struct Controller<M: Mmio, R: RawLock = DefaultRawMutex> {
+    inner: Arc<Inner<M, R>>,
+}
+
+impl<M: Mmio, R: RawLock> Clone for Controller<M, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
 }
 
 fn check_dma(ac64: bool, r: &DmaRegion) -> Result<(), XhciError> {
@@ -282,7 +352,7 @@ fn write_u64(r: &DmaRegion, word: usize, v: u64) {
 }
 
 /// Copies `bytes` into the start of `r` (little-endian words).
-fn copy_to_dma(r: &DmaRegion, bytes: &[u8]) {
+pub(crate) fn copy_to_dma(r: &DmaRegion, bytes: &[u8]) {
     for (i, chunk) in bytes.chunks(4).enumerate() {
         let mut w = [0u8; 4];
         w[..chunk.len()].copy_from_slice(chunk);
@@ -291,7 +361,7 @@ fn copy_to_dma(r: &DmaRegion, bytes: &[u8]) {
 }
 
 /// Copies the start of `r` into `out`.
-fn copy_from_dma(r: &DmaRegion, out: &mut [u8]) {
+pub(crate) fn copy_from_dma(r: &DmaRegion, out: &mut [u8]) {
     for (i, chunk) in out.chunks_mut(4).enumerate() {
         let w = r.read(i).to_le_bytes();
         let n = chunk.len();
@@ -368,7 +438,7 @@ pub fn control_trbs(
     (s, data, st)
 }
 
-impl<M: Mapper + Clone> Controller<M> {
+impl<M: Mmio, R: RawLock> Controller<M, R> {
     /// Takes the controller from the BIOS, resets it and starts it with interrupter 0 enabled.
     ///
     /// # Safety
@@ -614,26 +684,34 @@ impl<M: Mapper + Clone> Controller<M> {
             bios_handoff,
             protocols,
         };
-        let mut c = Self {
-            regs,
-            doorbells,
-            ports_raw,
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
+            hw: Mutex::new(Hw {
+                regs,
+                doorbells,
+                ports_raw,
+            }),
             dma,
             os,
             info,
             dcbaa,
             _scratchpad_array: sp_array,
             _scratchpads: sp_bufs,
-            cmd_ring,
-            events,
-            cmd_done: BTreeMap::new(),
-            devices: (0..=slots_enabled).map(|_| None).collect(),
-            zombies: Vec::new(),
-            port_changed: vec![false; usize::from(max_ports) + 1],
-            command_timeout_us: COMMAND_TIMEOUT_US,
-            dead: false,
-            counters: Counters::default(),
-        };
+            cmd: Mutex::new(CmdState {
+                ring: cmd_ring,
+                pending: BTreeMap::new(),
+            }),
+            events: Mutex::new(events),
+            devices: Mutex::new((0..=slots_enabled).map(|_| None).collect()),
+            zombies: Mutex::new(Vec::new()),
+            port_changed: Mutex::new(vec![false; usize::from(max_ports) + 1]),
+            command_timeout_us: AtomicU64::new(COMMAND_TIMEOUT_US),
+            dead: AtomicBool::new(false),
+            event_thread: AtomicBool::new(false),
+            aborting: AtomicBool::new(false),
+            counters: Mutex::new(Counters::default()),
+        });
+        let c = Self { inner };
         c.power_ports();
         c.process_events();
         Ok(c)
@@ -641,49 +719,54 @@ impl<M: Mapper + Clone> Controller<M> {
 
     /// Ports with Port Power Control come up unpowered after reset: power them and wait the
     /// 20 ms power-on-to-power-good time.
-    fn power_ports(&mut self) {
+    fn power_ports(&self) {
         let mut any = false;
-        for p in 1..=self.info.max_ports {
+        for p in 1..=self.inner.info.max_ports {
             let sc = self.portsc_raw(p);
             if sc & port::PP == 0 {
-                self.write_portsc(p, port::neutral(sc) | port::PP);
+                self.inner.write_portsc(p, port::neutral(sc) | port::PP);
                 any = true;
             }
         }
         if any {
-            self.os.delay_us(20_000);
+            self.inner.os.delay_us(20_000);
         }
     }
 
     /// What bring-up found.
     pub fn info(&self) -> ControllerInfo {
-        self.info.clone()
+        self.inner.info.clone()
     }
 
     /// Counters since bring-up.
     pub fn counters(&self) -> Counters {
-        self.counters
+        *self.inner.counters.lock()
     }
 
     /// The controller stopped answering (command abort failed or Host System Error).
     pub fn is_dead(&self) -> bool {
-        self.dead
+        self.inner.dead.load(Ordering::Acquire)
     }
 
     /// Sets how long a command may take before it is aborted.
-    pub fn set_command_timeout_us(&mut self, us: u64) {
-        self.command_timeout_us = us;
+    pub fn set_command_timeout_us(&self, us: u64) {
+        self.inner.command_timeout_us.store(us, Ordering::Release);
     }
 
     /// Devices (slots) currently allocated.
     pub fn device_count(&self) -> usize {
-        self.devices.iter().filter(|d| d.is_some()).count()
+        self.inner
+            .devices
+            .lock()
+            .iter()
+            .filter(|d| d.is_some())
+            .count()
     }
 
     /// Takes the Port Status Change Events seen since the last call (port numbers).
-    pub fn take_port_changes(&mut self) -> Vec<u8> {
+    pub fn take_port_changes(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        for (i, c) in self.port_changed.iter_mut().enumerate() {
+        for (i, c) in self.inner.port_changed.lock().iter_mut().enumerate() {
             if core::mem::take(c) {
                 out.push(i as u8);
             }
@@ -691,47 +774,323 @@ impl<M: Mapper + Clone> Controller<M> {
         out
     }
 
-    fn ring_doorbell(&mut self, index: u8, target: u8) {
-        let mut d = doorbell::Register::default();
-        d.set_doorbell_target(target);
-        self.doorbells.write_volatile_at(usize::from(index), d);
+    /// Drains the event ring (acknowledging IMAN.IP / USBSTS.EINT, writing ERDP with EHB),
+    /// completing commands and transfers (their waiters are signalled) and recording port
+    /// status changes. Returns the number of events consumed. Any thread may call it.
+    pub fn process_events(&self) -> usize {
+        self.inner.process_events()
     }
 
-    /// Drains the event ring (acknowledging IMAN.IP / USBSTS.EINT, writing ERDP with EHB),
-    /// dispatching command completions and transfer events to whoever waits for them, and
-    /// recording port status changes. Returns the number of events consumed.
-    pub fn process_events(&mut self) -> usize {
+    /// The controller thread's loop body: waits for the interrupt (at most `timeout_us`), then
+    /// [`Self::process_events`]. Calling it once tells the driver that a thread does this, so
+    /// waiters sleep on their completions instead of draining the ring themselves.
+    pub fn wait_for_events(&self, timeout_us: u64) -> usize {
+        self.inner.event_thread.store(true, Ordering::Release);
+        self.inner.os.wait_for_interrupt(timeout_us);
+        self.inner.process_events()
+    }
+
+    /// Runs one command: enqueue (under the command lock), doorbell 0, wait for its Command
+    /// Completion Event. A command that does not complete within the command timeout is aborted
+    /// (CRCR.CA) and reported as [`TransferError::Timeout`].
+    pub fn command(&self, trb: impl Into<command::Allowed>) -> Result<CommandDone, TransferError> {
+        self.inner.command(trb.into())
+    }
+
+    /// Reads PORTSC of `port` (1-based) as a raw value.
+    pub fn portsc_raw(&self, port: u8) -> u32 {
+        self.inner.portsc_raw(port)
+    }
+
+    /// Speed, attachment and current EP0 max packet size of a device.
+    pub fn device_info(&self, device: DeviceHandle) -> Option<(Speed, Attachment, u16)> {
+        let d = self.inner.device(device).ok()?;
+        Some((d.speed, d.at, d.ep0_max_packet.load(Ordering::Acquire)))
+    }
+
+    /// Slots whose Disable Slot failed and whose memory is therefore still held.
+    pub fn zombie_count(&self) -> usize {
+        self.inner.zombies.lock().len()
+    }
+
+    /// No Op command (a liveness check of the command ring).
+    pub fn noop(&self) -> Result<(), TransferError> {
+        self.command(command::Noop::new()).map(|_| ())
+    }
+
+    /// Port status (see [`HostController::port_status`]).
+    pub fn port_status(&self, port: u8) -> PortStatus {
+        let usb_major = self.inner.protocol_of(port).map_or(2, |p| p.major);
+        if port == 0 || port > self.inner.info.max_ports {
+            return PortStatus {
+                connected: false,
+                enabled: false,
+                speed: None,
+                usb_major,
+                connect_changed: false,
+            };
+        }
+        let sc = self
+            .inner
+            .hw
+            .lock()
+            .regs
+            .port_register_set
+            .read_volatile_at(usize::from(port) - 1)
+            .portsc;
+        let enabled = sc.port_enabled_disabled();
+        PortStatus {
+            connected: sc.current_connect_status(),
+            enabled,
+            speed: if enabled {
+                self.inner.port_speed(port, sc.port_speed())
+            } else {
+                None
+            },
+            usb_major,
+            connect_changed: sc.connect_status_change(),
+        }
+    }
+
+    /// Clears the port's change bits.
+    pub fn acknowledge_port_change(&self, port: u8) {
+        if self.inner.check_port(port).is_err() {
+            return;
+        }
+        let sc = self.portsc_raw(port);
+        self.inner
+            .write_portsc(port, port::neutral(sc) | (sc & port::CHANGE_BITS));
+        if let Some(c) = self.inner.port_changed.lock().get_mut(usize::from(port)) {
+            *c = false;
+        }
+    }
+
+    /// Resets the port (USB 2: Port Reset; USB 3: waits for link training, Warm Port Reset if
+    /// it does not come) and returns the device's speed.
+    pub fn reset_port(&self, port: u8) -> Result<Speed, TransferError> {
+        let inner = &*self.inner;
+        inner.check_port(port)?;
+        let major = inner.protocol_of(port).map_or(2, |p| p.major);
+        let sc = inner.portsc_raw(port);
+        if sc & port::CCS == 0 {
+            return Err(TransferError::Disconnected);
+        }
+        if major >= 3 {
+            // USB 3 ports enable themselves after link training; a link stuck in Inactive or
+            // Compliance (or never reaching U0) needs a Warm Port Reset.
+            let ok = inner.wait_port(port, USB3_ENABLE_TIMEOUT_US, |sc| sc & port::PED != 0);
+            if !ok {
+                let sc = inner.portsc_raw(port);
+                inner.write_portsc(port, port::neutral(sc) | port::WPR);
+                let done = inner.wait_port(port, PORT_RESET_TIMEOUT_US, |sc| {
+                    sc & (port::WRC | port::PRC) != 0
+                });
+                let sc = inner.portsc_raw(port);
+                inner.write_portsc(port, port::neutral(sc) | (sc & (port::WRC | port::PRC)));
+                if !done {
+                    return Err(TransferError::Timeout);
+                }
+                if !inner.wait_port(port, USB3_ENABLE_TIMEOUT_US, |sc| sc & port::PED != 0) {
+                    return Err(TransferError::Controller(format!(
+                        "USB 3 port {port} not enabled after warm reset"
+                    )));
+                }
+            }
+        } else {
+            inner.write_portsc(port, port::neutral(sc) | port::PR);
+            let done = inner.wait_port(port, PORT_RESET_TIMEOUT_US, |sc| {
+                sc & port::PRC != 0 || sc & port::CCS == 0
+            });
+            let sc = inner.portsc_raw(port);
+            inner.write_portsc(port, port::neutral(sc) | (sc & port::PRC));
+            if sc & port::CCS == 0 {
+                return Err(TransferError::Disconnected);
+            }
+            if !done {
+                return Err(TransferError::Timeout);
+            }
+            if sc & port::PED == 0 {
+                return Err(TransferError::Controller(format!(
+                    "port {port} not enabled after reset"
+                )));
+            }
+            inner.os.delay_us(RESET_RECOVERY_US);
+        }
+        let psiv = port::speed_field(inner.portsc_raw(port));
+        inner.port_speed(port, psiv).ok_or_else(|| {
+            TransferError::Controller(format!("port {port}: unknown speed ID {psiv}"))
+        })
+    }
+
+    /// Enable Slot + Address Device for the device at the default address at `at`.
+    pub fn address_device(&self, at: Attachment) -> Result<DeviceHandle, TransferError> {
+        let inner = &*self.inner;
+        inner.check_port(at.root_port)?;
+        let slot_type = inner.protocol_of(at.root_port).map_or(0, |p| p.slot_type);
+        let mut es = command::EnableSlot::new();
+        es.set_slot_type(slot_type);
+        let slot = inner.command(es.into())?.slot;
+        if slot == 0 || slot > inner.info.slots_enabled {
+            return Err(TransferError::Controller(format!(
+                "Enable Slot returned slot {slot}"
+            )));
+        }
+        match inner.setup_slot(slot, at) {
+            Ok(()) => Ok(slot),
+            Err(e) => {
+                if inner.device(slot).is_ok() {
+                    let _ = inner.release(slot);
+                } else {
+                    // Enable Slot succeeded but setup did not get as far as a device.
+                    let mut c = command::DisableSlot::new();
+                    c.set_slot_id(slot);
+                    let _ = inner.command(c.into());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Evaluate Context with EP0's real max packet size.
+    pub fn set_ep0_max_packet(
+        &self,
+        device: DeviceHandle,
+        max_packet: u16,
+    ) -> Result<(), TransferError> {
+        let inner = &*self.inner;
+        let size = inner.info.context_size;
+        let input = InputContext::evaluate_ep0_max_packet(size, max_packet);
+        let region = input
+            .to_dma(&*inner.dma)
+            .map_err(|_| TransferError::NoResources("DMA memory"))?;
+        let dev = inner.device(device)?;
+        let mut c = command::EvaluateContext::new();
+        c.set_slot_id(device)
+            .set_input_context_pointer(region.phys());
+        inner.command(c.into())?;
+        dev.ep0_max_packet.store(max_packet, Ordering::Release);
+        Ok(())
+    }
+
+    /// A control transfer on EP0 (see [`HostController::control_transfer`]). Concurrent
+    /// callers on one device take turns (sleeping, no lock held); a STALL is a protocol stall
+    /// and EP0 is recovered before returning.
+    pub fn control_transfer(
+        &self,
+        device: DeviceHandle,
+        setup: SetupPacket,
+        data: &mut [u8],
+        timeout_ms: u32,
+    ) -> Result<usize, TransferError> {
+        let r = self.inner.control(device, setup, data, timeout_ms);
+        if let Err(e) = &r {
+            self.inner.count_error(e);
+        }
+        r
+    }
+
+    /// Frees everything the controller holds for the device (Disable Slot). Pending transfers
+    /// on its pipes complete with `Disconnected`.
+    pub fn release_device(&self, device: DeviceHandle) -> Result<(), TransferError> {
+        self.inner.release(device)
+    }
+
+    /// The device was unplugged (or its driver gave up on it): every pending transfer on every
+    /// pipe completes with `Disconnected`, the pipes refuse new submissions, Disable Slot frees
+    /// the slot; rings, contexts and buffers are freed once no handle uses them.
+    pub fn device_gone(&self, device: DeviceHandle) -> Result<(), TransferError> {
+        self.inner.release(device)
+    }
+
+    /// Configure Endpoint for `endpoints` (bulk and interrupt) of `device` and returns their
+    /// pipes in the same order. The caller then sends SET_CONFIGURATION / SET_INTERFACE on EP0.
+    pub fn configure_endpoints(
+        &self,
+        device: DeviceHandle,
+        endpoints: &[EndpointConfig],
+    ) -> Result<Vec<Pipe>, TransferError> {
+        self.inner.configure_endpoints(device, endpoints)
+    }
+
+    /// Every pipe (EP0 included, address 0) of every device with its counters.
+    pub fn pipes(&self) -> Vec<PipeInfo> {
+        let devices: Vec<_> = self
+            .inner
+            .devices
+            .lock()
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
+        devices
+            .iter()
+            .flat_map(|d| d.all_endpoints())
+            .map(|e| e.info())
+            .collect()
+    }
+}
+
+impl<M: Mmio, R: RawLock> Inner<M, R> {
+    fn count(&self, f: impl FnOnce(&mut Counters)) {
+        f(&mut self.counters.lock());
+    }
+
+    fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    fn ring_doorbell(&self, index: u8, target: u8) {
+        let mut d = doorbell::Register::default();
+        d.set_doorbell_target(target);
+        self.hw
+            .lock()
+            .doorbells
+            .write_volatile_at(usize::from(index), d);
+    }
+
+    fn process_events(&self) -> usize {
+        let mut events = self.events.lock();
+        let mut hse = false;
         {
-            let mut ir = self.regs.interrupter_register_set.interrupter_mut(0);
-            ir.iman.update_volatile(|r| {
-                r.clear_interrupt_pending();
+            let mut hw = self.hw.lock();
+            hw.regs
+                .interrupter_register_set
+                .interrupter_mut(0)
+                .iman
+                .update_volatile(|r| {
+                    r.clear_interrupt_pending();
+                });
+            hw.regs.operational.usbsts.update_volatile(|s| {
+                hse = s.host_system_error();
+                s.set_0_host_system_error()
+                    .set_0_port_change_detect()
+                    .set_0_save_restore_error()
+                    .clear_event_interrupt();
             });
         }
-        let mut hse = false;
-        self.regs.operational.usbsts.update_volatile(|s| {
-            hse = s.host_system_error();
-            s.set_0_host_system_error()
-                .set_0_port_change_detect()
-                .set_0_save_restore_error()
-                .clear_event_interrupt();
-        });
         if hse {
-            self.counters.host_system_errors += 1;
-            self.dead = true;
+            self.count(|c| c.host_system_errors += 1);
+            self.dead.store(true, Ordering::Release);
         }
         let mut n = 0;
-        while let Some(ev) = self.events.next_event() {
+        while let Some(ev) = events.next_event() {
             n += 1;
             self.dispatch(ev);
         }
-        let erdp = self.events.erdp();
-        let mut ir = self.regs.interrupter_register_set.interrupter_mut(0);
-        ir.erdp.update_volatile(|r| erdp.apply(r));
-        self.counters.events += n as u64;
+        let erdp = events.erdp();
+        self.hw
+            .lock()
+            .regs
+            .interrupter_register_set
+            .interrupter_mut(0)
+            .erdp
+            .update_volatile(|r| erdp.apply(r));
+        drop(events);
+        self.count(|c| c.events += n as u64);
         n
     }
 
-    fn dispatch(&mut self, ev: Event) {
+    fn dispatch(&self, ev: Event) {
         match ev {
             Event::CommandCompletion {
                 trb_ptr,
@@ -743,9 +1102,16 @@ impl<M: Mapper + Clone> Controller<M> {
                     // Points at the next, unexecuted command: nothing completed.
                     return;
                 }
-                let _ = self.cmd_ring.complete_up_to(trb_ptr);
-                let r = check(code).map(|_| CommandDone { slot, parameter });
-                self.cmd_done.insert(trb_ptr, r);
+                let waiter = {
+                    let mut c = self.cmd.lock();
+                    let _ = c.ring.complete_up_to(trb_ptr);
+                    c.pending.remove(&trb_ptr)
+                };
+                if let Some(w) = waiter {
+                    w.result
+                        .call_once(|| check(code).map(|_| CommandDone { slot, parameter }));
+                    w.completion.signal();
+                }
             }
             Event::Transfer {
                 trb_ptr,
@@ -754,22 +1120,22 @@ impl<M: Mapper + Clone> Controller<M> {
                 endpoint_id,
                 slot,
                 ..
-            } => match self
-                .devices
-                .get_mut(usize::from(slot))
-                .and_then(|d| d.as_mut())
-            {
-                Some(dev) => dev.events.push_back(TransferEv {
-                    trb_ptr,
-                    code,
-                    residual: residual_len,
-                    dci: endpoint_id,
-                }),
-                None => self.counters.stray_events += 1,
-            },
+            } => {
+                let ep = self.device(slot).ok().and_then(|d| {
+                    d.endpoints
+                        .lock()
+                        .get(usize::from(endpoint_id))
+                        .cloned()
+                        .flatten()
+                });
+                match ep {
+                    Some(ep) => ep.on_event(trb_ptr, code, residual_len),
+                    None => self.count(|c| c.stray_events += 1),
+                }
+            }
             Event::PortStatusChange { port } => {
-                self.counters.port_events += 1;
-                if let Some(c) = self.port_changed.get_mut(usize::from(port)) {
+                self.count(|c| c.port_events += 1);
+                if let Some(c) = self.port_changed.lock().get_mut(usize::from(port)) {
                     *c = true;
                 }
             }
@@ -777,83 +1143,146 @@ impl<M: Mapper + Clone> Controller<M> {
         }
     }
 
-    /// Runs one command: enqueue, doorbell 0, wait for its Command Completion Event. A command
-    /// that does not complete within the command timeout is aborted (CRCR.CA) and reported as
-    /// [`TransferError::Timeout`].
-    pub fn command(
-        &mut self,
-        trb: impl Into<command::Allowed>,
-    ) -> Result<CommandDone, TransferError> {
-        if self.dead {
-            return Err(TransferError::Controller("controller is dead".into()));
-        }
-        self.process_events();
-        let ptr = self
-            .cmd_ring
-            .enqueue(trb)
-            .map_err(|_| TransferError::NoResources("command ring"))?;
-        self.counters.commands += 1;
-        self.ring_doorbell(0, 0);
-        let deadline = self.os.now_us() + self.command_timeout_us;
+    fn wait_until(&self, done: &dyn Fn() -> bool, completion: &dyn Completion, deadline: u64) {
         loop {
-            self.process_events();
-            if let Some(r) = self.cmd_done.remove(&ptr) {
-                if r.is_err() {
-                    self.counters.command_errors += 1;
-                }
-                return r.map_err(TransferError::from);
+            if done() {
+                return;
             }
             let now = self.os.now_us();
             if now >= deadline {
-                self.abort_command(ptr);
-                self.counters.command_timeouts += 1;
-                return Err(TransferError::Timeout);
+                return;
             }
-            self.os
-                .wait_for_interrupt((deadline - now).min(MAX_IRQ_WAIT_US));
+            let slice = (deadline - now).min(MAX_IRQ_WAIT_US);
+            if self.event_thread.load(Ordering::Acquire) {
+                if !completion.wait(slice) {
+                    // No signal in a whole slice: the event thread may be stuck or an
+                    // interrupt lost; drain the ring ourselves.
+                    self.process_events();
+                }
+            } else {
+                self.process_events();
+                if done() {
+                    return;
+                }
+                self.os.wait_for_interrupt(slice);
+            }
+        }
+    }
+
+    fn command(&self, trb: command::Allowed) -> Result<CommandDone, TransferError> {
+        if self.is_dead() {
+            return Err(TransferError::Controller("controller is dead".into()));
+        }
+        let w = Arc::new(CmdWaiter {
+            result: spin::Once::new(),
+            completion: self.os.completion(),
+        });
+        let ptr = {
+            let mut c = self.cmd.lock();
+            let ptr = c
+                .ring
+                .enqueue(trb)
+                .map_err(|_| TransferError::NoResources("command ring"))?;
+            c.pending.insert(ptr, w.clone());
+            ptr
+        };
+        self.count(|c| c.commands += 1);
+        self.ring_doorbell(0, 0);
+        let deadline = self.os.now_us() + self.command_timeout_us.load(Ordering::Acquire);
+        let w2 = w.clone();
+        self.wait_until(&move || w2.result.is_completed(), &*w.completion, deadline);
+        if w.result.get().is_none() {
+            self.abort_command(ptr);
+        }
+        match w.result.get() {
+            Some(Ok(d)) => Ok(*d),
+            Some(Err(UsbError::CommandAborted)) | None => {
+                self.count(|c| c.command_timeouts += 1);
+                Err(TransferError::Timeout)
+            }
+            Some(Err(e)) => {
+                self.count(|c| c.command_errors += 1);
+                Err((*e).into())
+            }
+        }
+    }
+
+    /// Enqueues a command without waiting (its completion is dropped).
+    fn command_nowait(&self, trb: command::Allowed) {
+        if self.is_dead() {
+            return;
+        }
+        let ok = self.cmd.lock().ring.enqueue(trb).is_ok();
+        if ok {
+            self.count(|c| c.commands += 1);
+            self.ring_doorbell(0, 0);
         }
     }
 
     /// Command Abort (xHCI 4.6.1.2): set CRCR.CA, wait for CRR to clear; the aborted command
-    /// completes with Command Aborted (dropped here) and the ring stops. The next doorbell
-    /// restarts it after the aborted TRB. If the ring does not stop, the controller is dead.
-    fn abort_command(&mut self, ptr: u64) {
-        self.regs.operational.crcr.update_volatile(|c| {
-            c.set_command_abort();
-        });
-        let deadline = self.os.now_us() + ABORT_TIMEOUT_US;
-        loop {
+    /// completes with Command Aborted and the ring stops; the doorbell restarts it after the
+    /// aborted TRB. If the ring does not stop, the controller is dead.
+    fn abort_command(&self, ptr: u64) {
+        while self
+            .aborting
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            self.os.delay_us(POLL_US);
+        }
+        let still_pending = self.cmd.lock().pending.contains_key(&ptr);
+        if still_pending {
+            self.hw.lock().regs.operational.crcr.update_volatile(|c| {
+                c.set_command_abort();
+            });
+            let deadline = self.os.now_us() + ABORT_TIMEOUT_US;
+            loop {
+                self.process_events();
+                let running = self
+                    .hw
+                    .lock()
+                    .regs
+                    .operational
+                    .crcr
+                    .read_volatile()
+                    .command_ring_running();
+                if !running {
+                    break;
+                }
+                if self.os.now_us() >= deadline {
+                    self.dead.store(true, Ordering::Release);
+                    break;
+                }
+                self.os.delay_us(POLL_US);
+            }
             self.process_events();
-            let running = self
-                .regs
-                .operational
-                .crcr
-                .read_volatile()
-                .command_ring_running();
-            if !running {
-                break;
-            }
-            if self.os.now_us() >= deadline {
-                self.dead = true;
-                break;
-            }
-            self.os.wait_for_interrupt(MAX_IRQ_WAIT_US);
         }
-        self.process_events();
-        if self.cmd_done.remove(&ptr).is_none() {
-            // The aborted command never reported: forget it so the ring slot is not held
-            // forever (the controller skipped it).
-            let _ = self.cmd_ring.complete_up_to(ptr);
+        let restart = {
+            let mut c = self.cmd.lock();
+            if c.pending.remove(&ptr).is_some() {
+                // The aborted command never reported: forget it so the ring slot is not held
+                // forever (the controller skipped it).
+                let _ = c.ring.complete_up_to(ptr);
+            }
+            !c.pending.is_empty()
+        };
+        if restart && !self.is_dead() {
+            self.ring_doorbell(0, 0);
         }
+        self.aborting.store(false, Ordering::Release);
     }
 
-    /// Reads PORTSC of `port` (1-based) as a raw value.
-    pub fn portsc_raw(&self, port: u8) -> u32 {
-        self.ports_raw.read_volatile_at((usize::from(port) - 1) * 4)
+    fn portsc_raw(&self, port: u8) -> u32 {
+        self.hw
+            .lock()
+            .ports_raw
+            .read_volatile_at((usize::from(port) - 1) * 4)
     }
 
-    fn write_portsc(&mut self, port: u8, value: u32) {
-        self.ports_raw
+    fn write_portsc(&self, port: u8, value: u32) {
+        self.hw
+            .lock()
+            .ports_raw
             .write_volatile_at((usize::from(port) - 1) * 4, value);
     }
 
@@ -868,7 +1297,7 @@ impl<M: Mapper + Clone> Controller<M> {
         }
     }
 
-    fn wait_port(&mut self, port: u8, timeout_us: u64, cond: impl Fn(u32) -> bool) -> bool {
+    fn wait_port(&self, port: u8, timeout_us: u64, cond: impl Fn(u32) -> bool) -> bool {
         // Sleep first: nothing a port does after a write is instantaneous.
         let deadline = self.os.now_us() + timeout_us;
         loop {
@@ -889,92 +1318,46 @@ impl<M: Mapper + Clone> Controller<M> {
         Ok(())
     }
 
-    fn device(&mut self, slot: DeviceHandle) -> Result<&mut Device, TransferError> {
+    fn device(&self, slot: DeviceHandle) -> Result<Arc<Device<R>>, TransferError> {
         self.devices
-            .get_mut(usize::from(slot))
-            .and_then(|d| d.as_mut())
+            .lock()
+            .get(usize::from(slot))
+            .cloned()
+            .flatten()
             .ok_or_else(|| TransferError::Controller(format!("no device in slot {slot}")))
     }
 
     /// Endpoint state (xHCI Table 6-8) from the output Device Context.
     fn ep_state(&self, slot: u8, dci: u8) -> u32 {
         let words = self.info.context_size.bytes() / 4;
-        match self.devices.get(usize::from(slot)).and_then(|d| d.as_ref()) {
-            Some(d) => d.output.read(usize::from(dci) * words) & 7,
-            None => 0,
+        match self.device(slot) {
+            Ok(d) => d.output.read(usize::from(dci) * words) & 7,
+            Err(_) => 0,
         }
     }
 
-    /// Brings a halted, stopped or errored endpoint back to a usable state: Reset Endpoint if
-    /// halted, then Set TR Dequeue Pointer to the ring's enqueue position, forgetting whatever
-    /// was in flight and any events already queued for it.
-    fn recover_endpoint(&mut self, slot: u8, dci: u8) -> Result<(), TransferError> {
-        self.counters.recoveries += 1;
-        if self.ep_state(slot, dci) == EP_STATE_HALTED {
-            let mut c = command::ResetEndpoint::new();
-            c.set_slot_id(slot).set_endpoint_id(dci);
-            self.command(c)?;
-        }
-        let state = self.ep_state(slot, dci);
-        let dev = self.device(slot)?;
-        let deq = dev.ep0.dequeue_pointer_for_reset();
-        if state == EP_STATE_STOPPED || state == EP_STATE_ERROR {
-            let mut c = command::SetTrDequeuePointer::new();
-            c.set_slot_id(slot)
-                .set_endpoint_id(dci)
-                .set_new_tr_dequeue_pointer(deq & !0xf);
-            if deq & 1 != 0 {
-                c.set_dequeue_cycle_state();
-            } else {
-                c.clear_dequeue_cycle_state();
-            }
-            self.command(c)?;
-        }
-        let dev = self.device(slot)?;
-        dev.ep0.discard_in_flight();
-        dev.events.retain(|e| e.dci != dci);
-        Ok(())
-    }
-
-    /// Stops a running endpoint (after a timeout) and recovers it.
-    fn stop_and_recover(&mut self, slot: u8, dci: u8) -> Result<(), TransferError> {
-        let mut c = command::StopEndpoint::new();
-        c.set_slot_id(slot).set_endpoint_id(dci);
-        match self.command(c) {
-            Ok(_) => {}
-            // Already halted or stopped: recovery below handles it.
-            Err(TransferError::Controller(_)) => {}
-            Err(e) => return Err(e),
-        }
-        self.process_events();
-        self.recover_endpoint(slot, dci)
-    }
-
-    fn count_error(&mut self, e: &TransferError) {
-        let c = &mut self.counters;
-        match e {
+    fn count_error(&self, e: &TransferError) {
+        self.count(|c| match e {
             TransferError::Stall => c.stalls += 1,
             TransferError::Babble => c.babble += 1,
             TransferError::Transaction => c.transaction_errors += 1,
             TransferError::Timeout => c.timeouts += 1,
             _ => c.other_errors += 1,
-        }
+        });
     }
 
-    fn free_device(&mut self, slot: u8) -> Option<Device> {
-        let dev = self.devices.get_mut(usize::from(slot))?.take()?;
-        write_u64(&self.dcbaa, usize::from(slot) * 2, 0);
-        Some(dev)
+    fn host_ops(&self) -> Weak<dyn HostOps> {
+        self.me.clone()
     }
 
-    fn control_inner(
-        &mut self,
+    fn control(
+        &self,
         slot: DeviceHandle,
         setup: SetupPacket,
         data: &mut [u8],
         timeout_ms: u32,
     ) -> Result<usize, TransferError> {
-        if self.dead {
+        if self.is_dead() {
             return Err(TransferError::Controller("controller is dead".into()));
         }
         let len = usize::from(setup.length);
@@ -989,249 +1372,83 @@ impl<M: Mapper + Clone> Controller<M> {
                 "control transfer longer than the 4 KiB EP0 buffer",
             ));
         }
-        let dir_in = setup.is_device_to_host();
         let dev = self.device(slot)?;
-        if !dev.ep0.is_empty() || dev.ep0.free_slots() < 3 {
-            return Err(TransferError::NoResources("EP0 ring busy"));
+        let timeout_us = u64::from(timeout_ms.max(1)) * 1000;
+        // EP0 runs one control transfer at a time: later callers sleep until it is free.
+        let busy_deadline = self.os.now_us() + timeout_us;
+        while dev
+            .ep0_busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            if self.os.now_us() >= busy_deadline {
+                return Err(TransferError::Timeout);
+            }
+            self.os.delay_us(POLL_US);
         }
+        let r = self.control_on(&dev, setup, data, timeout_us);
+        dev.ep0_busy.store(false, Ordering::Release);
+        r
+    }
+
+    fn control_on(
+        &self,
+        dev: &Device<R>,
+        setup: SetupPacket,
+        data: &mut [u8],
+        timeout_us: u64,
+    ) -> Result<usize, TransferError> {
+        let len = usize::from(setup.length);
+        let dir_in = setup.is_device_to_host();
         if !dir_in && len > 0 {
             copy_to_dma(&dev.ep0_buf, &data[..len]);
         }
         let (s, d, st) = control_trbs(&setup, dev.ep0_buf.phys());
-        let map = |_| TransferError::NoResources("EP0 ring");
-        dev.ep0.enqueue(s).map_err(map)?;
-        let data_ptr = match d {
-            Some(d) => Some(dev.ep0.enqueue(d).map_err(map)?),
-            None => None,
+        let mut trbs: Vec<transfer::Allowed> = vec![s.into()];
+        let mut lens = vec![0u32];
+        let mut data_index = None;
+        if let Some(d) = d {
+            data_index = Some(trbs.len());
+            trbs.push(d.into());
+            lens.push(len as u32);
+        }
+        trbs.push(st.into());
+        lens.push(0);
+        self.count(|c| c.transfers += 1);
+        let xfer = match dev.ep0.enqueue(&trbs, &lens, None, data_index) {
+            Err(TransferError::PipeHalted) => {
+                // An earlier failure whose recovery failed: try again now.
+                dev.ep0.clear_halt(false)?;
+                dev.ep0.enqueue(&trbs, &lens, None, data_index)?
+            }
+            r => r?,
         };
-        let status_ptr = dev.ep0.enqueue(st).map_err(map)?;
-        self.counters.transfers += 1;
-        self.ring_doorbell(slot, 1);
-
-        let deadline = self.os.now_us() + u64::from(timeout_ms.max(1)) * 1000;
-        let mut residual = 0u32;
-        loop {
-            self.process_events();
-            let dev = self.device(slot)?;
-            while let Some(ev) = dev.events.pop_front() {
-                if ev.dci != 1 {
-                    // EP0 is the only endpoint this driver runs so far.
-                    continue;
+        let deadline = self.os.now_us() + timeout_us;
+        let x = xfer.clone();
+        self.wait_until(&move || x.is_done(), xfer.completion(), deadline);
+        let r = match xfer.result() {
+            Some(r) => r,
+            None => dev.ep0.cancel(&xfer),
+        };
+        match r {
+            Ok(n) => {
+                let n = n.min(len);
+                if dir_in && n > 0 {
+                    copy_from_dma(&dev.ep0_buf, &mut data[..n]);
                 }
-                match check(ev.code) {
-                    Ok(Completed::Short) if Some(ev.trb_ptr) == data_ptr => {
-                        residual = ev.residual;
-                    }
-                    Ok(_) if ev.trb_ptr == status_ptr => {
-                        let _ = dev.ep0.complete_up_to(status_ptr);
-                        let moved = len - (residual as usize).min(len);
-                        if dir_in && moved > 0 {
-                            copy_from_dma(&dev.ep0_buf, &mut data[..moved]);
-                        }
-                        return Ok(moved);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        self.recover_endpoint(slot, 1)?;
-                        return Err(e.into());
-                    }
-                }
+                Ok(n)
             }
-            let now = self.os.now_us();
-            if now >= deadline {
-                self.stop_and_recover(slot, 1)?;
-                return Err(TransferError::Timeout);
-            }
-            self.os
-                .wait_for_interrupt((deadline - now).min(MAX_IRQ_WAIT_US));
-        }
-    }
-}
-
-impl<M: Mapper + Clone> HostController for Controller<M> {
-    fn port_count(&self) -> u8 {
-        self.info.max_ports
-    }
-
-    fn port_status(&mut self, port: u8) -> PortStatus {
-        let usb_major = self.protocol_of(port).map_or(2, |p| p.major);
-        if port == 0 || port > self.info.max_ports {
-            return PortStatus {
-                connected: false,
-                enabled: false,
-                speed: None,
-                usb_major,
-                connect_changed: false,
-            };
-        }
-        let sc = self
-            .regs
-            .port_register_set
-            .read_volatile_at(usize::from(port) - 1)
-            .portsc;
-        let enabled = sc.port_enabled_disabled();
-        PortStatus {
-            connected: sc.current_connect_status(),
-            enabled,
-            speed: if enabled {
-                self.port_speed(port, sc.port_speed())
-            } else {
-                None
-            },
-            usb_major,
-            connect_changed: sc.connect_status_change(),
-        }
-    }
-
-    fn acknowledge_port_change(&mut self, port: u8) {
-        if self.check_port(port).is_err() {
-            return;
-        }
-        let sc = self.portsc_raw(port);
-        self.write_portsc(port, port::neutral(sc) | (sc & port::CHANGE_BITS));
-        if let Some(c) = self.port_changed.get_mut(usize::from(port)) {
-            *c = false;
-        }
-    }
-
-    fn reset_port(&mut self, port: u8) -> Result<Speed, TransferError> {
-        self.check_port(port)?;
-        let major = self.protocol_of(port).map_or(2, |p| p.major);
-        let sc = self.portsc_raw(port);
-        if sc & port::CCS == 0 {
-            return Err(TransferError::Disconnected);
-        }
-        if major >= 3 {
-            // USB 3 ports enable themselves after link training; a link stuck in Inactive or
-            // Compliance (or never reaching U0) needs a Warm Port Reset.
-            let ok = self.wait_port(port, USB3_ENABLE_TIMEOUT_US, |sc| sc & port::PED != 0);
-            if !ok {
-                let sc = self.portsc_raw(port);
-                self.write_portsc(port, port::neutral(sc) | port::WPR);
-                let done = self.wait_port(port, PORT_RESET_TIMEOUT_US, |sc| {
-                    sc & (port::WRC | port::PRC) != 0
-                });
-                let sc = self.portsc_raw(port);
-                self.write_portsc(port, port::neutral(sc) | (sc & (port::WRC | port::PRC)));
-                if !done {
-                    return Err(TransferError::Timeout);
-                }
-                if !self.wait_port(port, USB3_ENABLE_TIMEOUT_US, |sc| sc & port::PED != 0) {
-                    return Err(TransferError::Controller(format!(
-                        "USB 3 port {port} not enabled after warm reset"
-                    )));
-                }
-            }
-        } else {
-            self.write_portsc(port, port::neutral(sc) | port::PR);
-            let done = self.wait_port(port, PORT_RESET_TIMEOUT_US, |sc| {
-                sc & port::PRC != 0 || sc & port::CCS == 0
-            });
-            let sc = self.portsc_raw(port);
-            self.write_portsc(port, port::neutral(sc) | (sc & port::PRC));
-            if sc & port::CCS == 0 {
-                return Err(TransferError::Disconnected);
-            }
-            if !done {
-                return Err(TransferError::Timeout);
-            }
-            if sc & port::PED == 0 {
-                return Err(TransferError::Controller(format!(
-                    "port {port} not enabled after reset"
-                )));
-            }
-            self.os.delay_us(RESET_RECOVERY_US);
-        }
-        let psiv = port::speed_field(self.portsc_raw(port));
-        self.port_speed(port, psiv).ok_or_else(|| {
-            TransferError::Controller(format!("port {port}: unknown speed ID {psiv}"))
-        })
-    }
-
-    fn address_device(&mut self, at: Attachment) -> Result<DeviceHandle, TransferError> {
-        self.check_port(at.root_port)?;
-        let slot_type = self.protocol_of(at.root_port).map_or(0, |p| p.slot_type);
-        let mut es = command::EnableSlot::new();
-        es.set_slot_type(slot_type);
-        let slot = self.command(es)?.slot;
-        if slot == 0 || slot > self.info.slots_enabled {
-            return Err(TransferError::Controller(format!(
-                "Enable Slot returned slot {slot}"
-            )));
-        }
-        match self.setup_slot(slot, at) {
-            Ok(()) => Ok(slot),
             Err(e) => {
-                if self.devices[usize::from(slot)].is_some() {
-                    let _ = self.release_device(slot);
-                } else {
-                    // Enable Slot succeeded but setup did not get as far as a device.
-                    let mut c = command::DisableSlot::new();
-                    c.set_slot_id(slot);
-                    let _ = self.command(c);
+                if dev.ep0.is_halted() && e != TransferError::Disconnected {
+                    // Protocol stall (or timeout): the framework recovers EP0 itself.
+                    dev.ep0.clear_halt(false)?;
                 }
                 Err(e)
             }
         }
     }
 
-    fn set_ep0_max_packet(
-        &mut self,
-        device: DeviceHandle,
-        max_packet: u16,
-    ) -> Result<(), TransferError> {
-        let size = self.info.context_size;
-        let input = InputContext::evaluate_ep0_max_packet(size, max_packet);
-        let region = input
-            .to_dma(&*self.dma)
-            .map_err(|_| TransferError::NoResources("DMA memory"))?;
-        self.device(device)?;
-        let mut c = command::EvaluateContext::new();
-        c.set_slot_id(device)
-            .set_input_context_pointer(region.phys());
-        self.command(c)?;
-        self.device(device)?.ep0_max_packet = max_packet;
-        Ok(())
-    }
-
-    fn control_transfer(
-        &mut self,
-        device: DeviceHandle,
-        setup: SetupPacket,
-        data: &mut [u8],
-        timeout_ms: u32,
-    ) -> Result<usize, TransferError> {
-        let r = self.control_inner(device, setup, data, timeout_ms);
-        if let Err(e) = &r {
-            self.count_error(e);
-        }
-        r
-    }
-
-    fn release_device(&mut self, device: DeviceHandle) -> Result<(), TransferError> {
-        self.device(device)?;
-        let mut c = command::DisableSlot::new();
-        c.set_slot_id(device);
-        match self.command(c) {
-            Ok(_) | Err(TransferError::Controller(_)) => {
-                // Controller errors (Slot Not Enabled...) mean the slot is not in use by the
-                // controller either.
-                self.free_device(device);
-                Ok(())
-            }
-            Err(e) => {
-                // The controller may still own the contexts and rings: keep them.
-                if let Some(d) = self.free_device(device) {
-                    self.zombies.push(d);
-                }
-                Err(e)
-            }
-        }
-    }
-}
-
-impl<M: Mapper + Clone> Controller<M> {
-    fn setup_slot(&mut self, slot: u8, at: Attachment) -> Result<(), TransferError> {
+    fn setup_slot(&self, slot: u8, at: Attachment) -> Result<(), TransferError> {
         let nomem = |_| TransferError::NoResources("DMA memory");
         let size = self.info.context_size;
         let output = self
@@ -1239,7 +1456,7 @@ impl<M: Mapper + Clone> Controller<M> {
             .alloc(size.device_context_bytes(), 64, 4096)
             .map_err(nomem)?;
         output.fill_zero();
-        let ep0 = TransferRing::new(&*self.dma).map_err(nomem)?;
+        let ep0_ring = TransferRing::new(&*self.dma).map_err(nomem)?;
         let ep0_buf = self
             .dma
             .alloc(EP0_BUFFER_BYTES, 4096, 4096)
@@ -1249,50 +1466,269 @@ impl<M: Mapper + Clone> Controller<M> {
                 .map_err(|_| TransferError::NoResources("DMA memory below 4 GiB"))?;
         }
         let max_packet = initial_ep0_max_packet(at.speed);
-        let params = SlotParams {
-            route_string: at.route,
-            speed: ctx_speed(at.speed),
-            root_port: at.root_port,
-            transaction_translator: at.tt.map(|(hub, port)| (hub, port, false)),
-            hub_ports: None,
-            interrupter: 0,
-        };
+        let params = slot_params(at);
         let input = InputContext::address_device(
             size,
             &params,
             max_packet,
-            ep0.dequeue_pointer_for_reset(),
+            ep0_ring.dequeue_pointer_for_reset(),
         );
         let region = input.to_dma(&*self.dma).map_err(nomem)?;
+        let ep0 = Endpoint::new(
+            self.host_ops(),
+            slot,
+            0,
+            PipeKind::Control,
+            max_packet,
+            ep0_ring,
+        );
+        let mut endpoints = vec![None; 32];
+        endpoints[1] = Some(ep0.clone());
         write_u64(&self.dcbaa, usize::from(slot) * 2, output.phys());
-        self.devices[usize::from(slot)] = Some(Device {
+        self.devices.lock()[usize::from(slot)] = Some(Arc::new(Device {
             output,
             ep0,
             ep0_buf,
+            ep0_busy: AtomicBool::new(false),
+            ep0_max_packet: AtomicU16::new(max_packet),
             speed: at.speed,
             at,
-            ep0_max_packet: max_packet,
-            events: VecDeque::new(),
-        });
+            endpoints: Mutex::new(endpoints),
+        }));
         let mut c = command::AddressDevice::new();
         c.set_slot_id(slot).set_input_context_pointer(region.phys());
-        self.command(c)?;
+        self.command(c.into())?;
         Ok(())
     }
 
-    /// Speed, attachment and current EP0 max packet size of a device.
-    pub fn device_info(&self, device: DeviceHandle) -> Option<(Speed, Attachment, u16)> {
-        let d = self.devices.get(usize::from(device))?.as_ref()?;
-        Some((d.speed, d.at, d.ep0_max_packet))
+    /// Disable Slot and free the device: pending transfers complete with `Disconnected` first
+    /// (their buffers stay referenced until the controller has let go of the slot).
+    fn release(&self, slot: DeviceHandle) -> Result<(), TransferError> {
+        let dev = {
+            let mut devices = self.devices.lock();
+            devices
+                .get_mut(usize::from(slot))
+                .and_then(|d| d.take())
+                .ok_or_else(|| TransferError::Controller(format!("no device in slot {slot}")))?
+        };
+        let eps = dev.all_endpoints();
+        for ep in &eps {
+            ep.disconnect(false);
+        }
+        let mut c = command::DisableSlot::new();
+        c.set_slot_id(slot);
+        let r = match self.command(c.into()) {
+            // Controller errors (Slot Not Enabled...) mean the slot is not in use by the
+            // controller either.
+            Ok(_) | Err(TransferError::Controller(_)) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => {
+                write_u64(&self.dcbaa, usize::from(slot) * 2, 0);
+                for ep in &eps {
+                    ep.disconnect(true);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // The controller may still own the contexts, rings and buffers: keep them.
+                self.zombies.lock().push(dev);
+                Err(e)
+            }
+        }
     }
 
-    /// Slots whose Disable Slot failed and whose memory is therefore still held.
-    pub fn zombie_count(&self) -> usize {
-        self.zombies.len()
+    fn configure_endpoints(
+        &self,
+        slot: DeviceHandle,
+        configs: &[EndpointConfig],
+    ) -> Result<Vec<Pipe>, TransferError> {
+        let dev = self.device(slot)?;
+        let bad = |what: &str| {
+            Err(TransferError::Controller(format!(
+                "configure endpoints: {what}"
+            )))
+        };
+        let mut seen = [false; 32];
+        {
+            let existing = dev.endpoints.lock();
+            for c in configs {
+                let d = context::dci(c.address);
+                if c.address & 0x70 != 0 || c.address & 0x0f == 0 {
+                    return bad("bad endpoint address");
+                }
+                if c.kind == PipeKind::Control {
+                    return bad("control endpoints other than EP0 are not supported");
+                }
+                if seen[d] || existing[d].is_some() {
+                    return bad("endpoint configured twice");
+                }
+                seen[d] = true;
+            }
+        }
+        if configs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let nomem = |_| TransferError::NoResources("DMA memory");
+        let speed = ctx_speed(dev.speed);
+        let super_speed = matches!(dev.speed, Speed::Super | Speed::SuperPlus);
+        let mut eps = Vec::new();
+        let mut params = Vec::new();
+        for c in configs {
+            let ring = TransferRing::new(&*self.dma).map_err(nomem)?;
+            let ep = Endpoint::new(
+                self.host_ops(),
+                slot,
+                c.address,
+                c.kind,
+                c.max_packet & 0x7ff,
+                ring,
+            );
+            params.push(EndpointParams {
+                address: c.address,
+                kind: match c.kind {
+                    PipeKind::Interrupt => EndpointKind::Interrupt {
+                        interval: context::interrupt_interval(speed, c.interval),
+                    },
+                    _ => EndpointKind::Bulk,
+                },
+                max_packet_size: c.max_packet,
+                max_burst: if super_speed { c.max_burst } else { 0 },
+                ring: ep.ring_pointer(),
+            });
+            eps.push(ep);
+        }
+        let mut input = InputContext::configure_endpoints(
+            self.info.context_size,
+            &slot_params(dev.at),
+            0,
+            &params,
+        );
+        // Context Entries covers every endpoint of the device, not just the new ones.
+        let highest = {
+            let existing = dev.endpoints.lock();
+            (1..32)
+                .filter(|d| existing[*d].is_some() || seen[*d])
+                .max()
+                .unwrap_or(1)
+        };
+        input
+            .handler_mut()
+            .device_mut()
+            .slot_mut()
+            .set_context_entries(highest as u8);
+        let region = input.to_dma(&*self.dma).map_err(nomem)?;
+        let mut c = command::ConfigureEndpoint::new();
+        c.set_slot_id(slot).set_input_context_pointer(region.phys());
+        self.command(c.into())?;
+        let mut table = dev.endpoints.lock();
+        for ep in &eps {
+            table[usize::from(ep.dci())] = Some(ep.clone());
+        }
+        drop(table);
+        Ok(eps.into_iter().map(|e| Pipe::new(e)).collect())
+    }
+}
+
+fn slot_params(at: Attachment) -> SlotParams {
+    SlotParams {
+        route_string: at.route,
+        speed: ctx_speed(at.speed),
+        root_port: at.root_port,
+        transaction_translator: at.tt.map(|(hub, port)| (hub, port, false)),
+        hub_ports: None,
+        interrupter: 0,
+    }
+}
+
+impl<M: Mmio, R: RawLock> HostOps for Inner<M, R> {
+    fn now_us(&self) -> u64 {
+        self.os.now_us()
+    }
+    fn delay_us(&self, us: u64) {
+        self.os.delay_us(us)
+    }
+    fn new_completion(&self) -> Arc<dyn Completion> {
+        self.os.completion()
+    }
+    fn dma_memory(&self) -> &dyn DmaMemory {
+        &*self.dma
+    }
+    fn doorbell(&self, slot: u8, target: u8) {
+        self.ring_doorbell(slot, target)
+    }
+    fn run_command(&self, trb: command::Allowed) -> Result<CommandDone, TransferError> {
+        self.command(trb)
+    }
+    fn command_nowait(&self, trb: command::Allowed) {
+        Inner::command_nowait(self, trb)
+    }
+    fn wait_until(&self, done: &dyn Fn() -> bool, completion: &dyn Completion, deadline: u64) {
+        Inner::wait_until(self, done, completion, deadline)
+    }
+    fn drain_events(&self) -> usize {
+        self.process_events()
+    }
+    fn ep_state(&self, slot: u8, dci: u8) -> u32 {
+        Inner::ep_state(self, slot, dci)
+    }
+    fn clear_feature_halt(&self, slot: u8, address: u8) -> Result<(), TransferError> {
+        // CLEAR_FEATURE(ENDPOINT_HALT): standard, to an endpoint, wIndex = endpoint address.
+        let setup = SetupPacket::new(0x02, 1, 0, u16::from(address), 0);
+        let r = self
+            .control(slot, setup, &mut [], CLEAR_HALT_TIMEOUT_MS)
+            .map(|_| ());
+        if let Err(e) = &r {
+            self.count_error(e);
+        }
+        r
+    }
+    fn count_recovery(&self) {
+        self.count(|c| c.recoveries += 1);
+    }
+}
+
+impl<M: Mmio, R: RawLock> HostController for Controller<M, R> {
+    fn port_count(&self) -> u8 {
+        self.inner.info.max_ports
     }
 
-    /// No Op command (a liveness check of the command ring).
-    pub fn noop(&mut self) -> Result<(), TransferError> {
-        self.command(command::Noop::new()).map(|_| ())
+    fn port_status(&mut self, port: u8) -> PortStatus {
+        Controller::port_status(self, port)
+    }
+
+    fn acknowledge_port_change(&mut self, port: u8) {
+        Controller::acknowledge_port_change(self, port)
+    }
+
+    fn reset_port(&mut self, port: u8) -> Result<Speed, TransferError> {
+        Controller::reset_port(self, port)
+    }
+
+    fn address_device(&mut self, at: Attachment) -> Result<DeviceHandle, TransferError> {
+        Controller::address_device(self, at)
+    }
+
+    fn set_ep0_max_packet(
+        &mut self,
+        device: DeviceHandle,
+        max_packet: u16,
+    ) -> Result<(), TransferError> {
+        Controller::set_ep0_max_packet(self, device, max_packet)
+    }
+
+    fn control_transfer(
+        &mut self,
+        device: DeviceHandle,
+        setup: SetupPacket,
+        data: &mut [u8],
+        timeout_ms: u32,
+    ) -> Result<usize, TransferError> {
+        Controller::control_transfer(self, device, setup, data, timeout_ms)
+    }
+
+    fn release_device(&mut self, device: DeviceHandle) -> Result<(), TransferError> {
+        Controller::release_device(self, device)
     }
 }

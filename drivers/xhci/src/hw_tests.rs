@@ -3,13 +3,13 @@
 //! `Os::delay_us` / `wait_for_interrupt` call `tick`). Rings and events go through the
 //! `FakeController` of `fake.rs`; commands, PORTSC and the legacy capability are played here.
 
-use crate::controller::{Controller, HandoffResult, Os};
+use crate::controller::{Completion, Controller, HandoffResult, Os};
 use crate::fake::{events, Consumed, FakeController, FakeDma};
 use crate::port;
 use std::boxed::Box;
 use std::string::String;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::vec;
 use std::vec::Vec;
 use tether_usb::host::{Attachment, HostController, TransferError};
@@ -485,6 +485,30 @@ impl Os for FakeOs {
         self.now.fetch_add(timeout_us.min(100), Ordering::SeqCst);
         self.hc.lock().unwrap().tick();
     }
+    fn completion(&self) -> Arc<dyn Completion> {
+        Arc::new(FakeCompletion::default())
+    }
+}
+
+/// A completion on a std mutex + condvar (the kernel uses a semaphore).
+#[derive(Default)]
+struct FakeCompletion {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Completion for FakeCompletion {
+    fn signal(&self) {
+        *self.done.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+    fn wait(&self, timeout_us: u64) -> bool {
+        // Real time, but at most 2 ms per call: the test clock is virtual.
+        let t = std::time::Duration::from_micros(timeout_us.min(2000));
+        let g = self.done.lock().unwrap();
+        let (g, _) = self.cv.wait_timeout_while(g, t, |d| !*d).unwrap();
+        *g
+    }
 }
 
 struct Rig {
@@ -599,7 +623,8 @@ fn bios_that_never_lets_go_is_overridden() {
     });
     // SAFETY: the fake MMIO space is driven by this controller only.
     #[allow(unsafe_code)]
-    let ctl = unsafe { Controller::new(MMIO_PHYS, mapper, Box::new(dma), os.clone()) }.unwrap();
+    let ctl: Controller<FakeMapper> =
+        unsafe { Controller::new(MMIO_PHYS, mapper, Box::new(dma), os.clone()) }.unwrap();
     assert_eq!(ctl.info().bios_handoff, Some(HandoffResult::Forced));
     assert!(os.now_us() >= 1_000_000);
     assert_eq!(hc.lock().unwrap().r32(XECP) & (1 << 16), 0);
@@ -607,7 +632,7 @@ fn bios_that_never_lets_go_is_overridden() {
 
 #[test]
 fn command_round_trip() {
-    let mut r = rig();
+    let r = rig();
     r.ctl.noop().unwrap();
     r.ctl.noop().unwrap();
     assert_eq!(r.ctl.counters().commands, 2);
@@ -617,7 +642,7 @@ fn command_round_trip() {
 
 #[test]
 fn command_timeout_aborts_and_ring_keeps_working() {
-    let mut r = rig();
+    let r = rig();
     r.hc.lock().unwrap().hang_commands = true;
     assert_eq!(r.ctl.noop(), Err(TransferError::Timeout));
     assert!(r.hc.lock().unwrap().log.iter().any(|l| l == "abort"));
@@ -630,7 +655,7 @@ fn command_timeout_aborts_and_ring_keeps_working() {
 
 #[test]
 fn ports_reset_and_rw1c() {
-    let mut r = rig();
+    let r = rig();
     assert_eq!(r.ctl.port_count(), 8);
     let s1 = r.ctl.port_status(1);
     assert!(s1.connected && s1.enabled && s1.connect_changed);

@@ -7,6 +7,7 @@
 //! * [`context`]: Input Contexts for Address Device / Configure Endpoint (32- and 64-byte).
 //! * [`controller`]: the controller driver (bring-up, commands, ports, EP0) behind
 //!   `tether_usb::host::HostController`.
+//! * [`pipe`]: bulk/interrupt pipes with stall semantics, transfer buffers and handles.
 //! * [`port`]: Supported Protocol capabilities, BIOS handoff, PORTSC write rules.
 //! * `fake` (tests, or feature `fake`): `FakeDma` and a `FakeController` that consumes rings
 //!   like hardware does.
@@ -27,6 +28,7 @@ pub mod dma;
 pub mod event;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod pipe;
 pub mod port;
 pub mod ring;
 
