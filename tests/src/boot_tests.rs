@@ -10,7 +10,7 @@ use std::time::Duration;
 /// Off until the kernel side of hotplug works; the kernel engineer turns it on. It then runs
 /// as `boot::hotplug_cycles` (`tether test --filter hotplug` alone; `TETHER_HOTPLUG_CYCLES=5`
 /// for a quick run instead of 100 cycles).
-pub const HOTPLUG_TEST_ENABLED: bool = false;
+pub const HOTPLUG_TEST_ENABLED: bool = true;
 
 /// Every single-purpose boot the test run makes, in order.
 pub const BOOT_TESTS: &[BootTest] = &[

@@ -5,7 +5,7 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use tether_xhci::controller::Os;
+use tether_xhci::controller::{Completion, Os};
 
 use crate::sync::raw::RawSpinLock;
 use crate::sync::Semaphore;
@@ -34,6 +34,23 @@ impl Os for KernelOs {
 
     fn wait_for_interrupt(&self, timeout_us: u64) {
         self.interrupt.down_timeout(timeout_us * 1000);
+    }
+
+    fn completion(&self) -> Arc<dyn Completion> {
+        Arc::new(SemaphoreCompletion(Semaphore::new(0)))
+    }
+}
+
+/// One command's or transfer's completion: the controller thread signals, the submitter waits.
+struct SemaphoreCompletion(Semaphore);
+
+impl Completion for SemaphoreCompletion {
+    fn signal(&self) {
+        self.0.up();
+    }
+
+    fn wait(&self, timeout_us: u64) -> bool {
+        self.0.down_timeout(timeout_us * 1000)
     }
 }
 
