@@ -531,10 +531,15 @@ fn waitqueue_wake_all() -> TestResult {
             })
         })
         .collect();
-    sched::sleep_ms(20);
+    // Wait (bounded) until all five are parked: how soon new threads run depends on the
+    // host's load, so no fixed sleep.
+    let deadline = time::now_ns() + 5_000 * MS;
+    while queue.waiting() < 5 && time::now_ns() < deadline {
+        sched::sleep_ms(1);
+    }
     ensure!(
         queue.waiting() == 5,
-        "{} waiters, expected 5",
+        "{} waiters after 5 s, expected 5",
         queue.waiting()
     );
     go.store(true, Ordering::Release);
