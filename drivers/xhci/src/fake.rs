@@ -98,9 +98,17 @@ impl FakeDma {
         w[i].store(value, Ordering::Release)
     }
 
-    /// Device-side read of a TRB.
+    /// Device-side read of a TRB: dword 3 (the cycle bit) first, like a consumer must, so a
+    /// TRB the producer is writing is never seen with a fresh cycle bit and stale contents.
     pub fn read_trb(&self, phys: u64) -> [u32; 4] {
-        core::array::from_fn(|i| self.read_u32(phys + 4 * i as u64))
+        let d3 = self.read_u32(phys + 12);
+        core::sync::atomic::fence(Ordering::Acquire);
+        [
+            self.read_u32(phys),
+            self.read_u32(phys + 4),
+            self.read_u32(phys + 8),
+            d3,
+        ]
     }
 }
 
@@ -315,6 +323,87 @@ impl FakeController {
     /// The endpoint is halted.
     pub fn is_halted(&self, slot: u8, dci: u8) -> bool {
         self.endpoints[&(slot, dci)].halted
+    }
+
+    /// Takes the next whole TD (owned TRBs up to the first without Chain, following Link
+    /// TRBs) and advances past it; `None` if the endpoint is halted or the TD is not complete.
+    pub fn take_td(&mut self, slot: u8, dci: u8) -> Option<Vec<Consumed>> {
+        let dma = &self.dma;
+        let ep = self.endpoints.get_mut(&(slot, dci))?;
+        if ep.halted {
+            return None;
+        }
+        let mut cur = ep.cursor;
+        let mut out = Vec::new();
+        let mut links = 0;
+        loop {
+            let raw = dma.read_trb(cur.deq);
+            if (raw[3] & 1 != 0) != cur.ccs {
+                return None;
+            }
+            let trb = transfer::Allowed::try_from(raw).ok()?;
+            if let transfer::Allowed::Link(l) = trb {
+                links += 1;
+                assert!(links <= 2, "ring of Link TRBs only");
+                if l.toggle_cycle() {
+                    cur.ccs = !cur.ccs;
+                }
+                cur.deq = l.ring_segment_pointer();
+                continue;
+            }
+            links = 0;
+            out.push(Consumed { phys: cur.deq, raw });
+            cur.deq += TRB_BYTES as u64;
+            let chain = match trb {
+                transfer::Allowed::Normal(n) => n.chain_bit(),
+                _ => false,
+            };
+            if !chain {
+                break;
+            }
+        }
+        ep.cursor = cur;
+        Some(out)
+    }
+
+    /// The owned TRB at the endpoint's dequeue pointer (after Link TRBs), if any.
+    pub fn next_owned_trb(&self, slot: u8, dci: u8) -> Option<u64> {
+        let ep = self.endpoints.get(&(slot, dci))?;
+        let mut cur = ep.cursor;
+        for _ in 0..3 {
+            let raw = self.dma.read_trb(cur.deq);
+            if (raw[3] & 1 != 0) != cur.ccs {
+                return None;
+            }
+            match transfer::Allowed::try_from(raw) {
+                Ok(transfer::Allowed::Link(l)) => {
+                    if l.toggle_cycle() {
+                        cur.ccs = !cur.ccs;
+                    }
+                    cur.deq = l.ring_segment_pointer();
+                }
+                _ => return Some(cur.deq),
+            }
+        }
+        None
+    }
+
+    /// Marks the endpoint halted (it stops consuming TRBs until `reset_endpoint`).
+    pub fn set_halted(&mut self, slot: u8, dci: u8) {
+        self.endpoints
+            .get_mut(&(slot, dci))
+            .expect("endpoint")
+            .halted = true;
+    }
+
+    /// Forgets a slot's endpoints (Disable Slot).
+    pub fn remove_slot(&mut self, slot: u8) {
+        self.endpoints.retain(|(s, _), _| *s != slot);
+    }
+
+    /// The event ring can take another event.
+    pub fn has_event_room(&self) -> bool {
+        self.event_ring_has_room()
     }
 
     /// Rings the endpoint's doorbell: consumes up to `budget` owned TRBs.

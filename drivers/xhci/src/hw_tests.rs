@@ -7,6 +7,7 @@ use crate::controller::{Completion, Controller, HandoffResult, Os};
 use crate::fake::{events, Consumed, FakeController, FakeDma};
 use crate::port;
 use std::boxed::Box;
+use std::collections::{BTreeMap, VecDeque};
 use std::string::String;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -99,6 +100,30 @@ struct FakeHc {
     ped_written: u32,
     /// EP0 doorbells are swallowed (a device that never answers).
     ep0_dead: bool,
+    /// Bulk/interrupt endpoints by (slot, DCI).
+    bulk: BTreeMap<(u8, u8), BulkEp>,
+    /// Configure Endpoint commands: (slot, add flags, [(DCI, EP type, max packet, interval,
+    /// TR dequeue)]).
+    configured: Vec<Configured>,
+}
+
+/// One Configure Endpoint: (slot, add flags, [(DCI, EP type, max packet, interval, TR dequeue)]).
+type Configured = (u8, u32, Vec<(u8, u32, u32, u32, u64)>);
+
+/// A fake bulk/interrupt endpoint.
+#[derive(Default)]
+struct BulkEp {
+    dir_in: bool,
+    /// IN: frames the device has to send, one per TD.
+    frames: VecDeque<Vec<u8>>,
+    /// OUT: what each TD carried.
+    out: Vec<Vec<u8>>,
+    /// STALL the TD after this many more succeed.
+    stall_after: Option<usize>,
+    /// The device NAKs forever (OUT).
+    nak: bool,
+    /// Every TD as consumed.
+    tds: Vec<Vec<Consumed>>,
 }
 
 impl FakeHc {
@@ -142,6 +167,8 @@ impl FakeHc {
             port_reset_ticks: vec![0; 9],
             ped_written: 0,
             ep0_dead: false,
+            bulk: BTreeMap::new(),
+            configured: Vec::new(),
         };
         hc.w32(0x00, 0x20 | (0x0100 << 16));
         hc.w32(0x04, 64 | (16 << 8) | (8 << 24));
@@ -198,6 +225,11 @@ impl FakeHc {
         let lo = self.dma.read_u32(dcbaa + 8 * u64::from(slot));
         let hi = self.dma.read_u32(dcbaa + 8 * u64::from(slot) + 4);
         u64::from(lo) | (u64::from(hi) << 32)
+    }
+
+    fn ep_state(&self, slot: u8, dci: u8) -> u32 {
+        let at = self.out_ctx(slot) + u64::from(dci) * self.ctx_words() * 4;
+        self.dma.read_u32(at) & 7
     }
 
     fn set_ep_state(&self, slot: u8, dci: u8, state: u32) {
@@ -305,6 +337,21 @@ impl FakeHc {
                 self.run_ep(slot, v as u8);
             }
         }
+        // The fake's doorbell register keeps only the last write per slot (real ones latch
+        // every write), so concurrent EP0 and bulk doorbells of one slot can overwrite each
+        // other: endpoints that are Running are also serviced on every tick.
+        let slots: Vec<u8> = self.addressed.iter().map(|a| a.0).collect();
+        for slot in slots {
+            if self.fc.as_ref().unwrap().next_owned_trb(slot, 1).is_some()
+                && self.ep_state(slot, 1) == 1
+            {
+                self.run_ep(slot, 1);
+            }
+        }
+        let keys: Vec<(u8, u8)> = self.bulk.keys().copied().collect();
+        for (slot, dci) in keys {
+            self.run_bulk(slot, dci);
+        }
     }
 
     fn ports(&mut self) {
@@ -360,7 +407,7 @@ impl FakeHc {
                 return;
             }
             let mut slot = 0;
-            let code = CompletionCode::Success;
+            let mut code = CompletionCode::Success;
             match trb {
                 command::Allowed::EnableSlot(_) => {
                     slot = self.next_slot;
@@ -394,9 +441,55 @@ impl FakeHc {
                 }
                 command::Allowed::ResetEndpoint(r) => {
                     slot = r.slot_id();
-                    self.set_ep_state(slot, r.endpoint_id(), 3);
-                    self.log
-                        .push(std::format!("reset endpoint {slot} {}", r.endpoint_id()));
+                    if self.ep_state(slot, r.endpoint_id()) == 2 {
+                        self.set_ep_state(slot, r.endpoint_id(), 3);
+                        self.log
+                            .push(std::format!("reset endpoint {slot} {}", r.endpoint_id()));
+                    } else {
+                        // xHCI 4.6.8: only a Halted endpoint can be reset.
+                        code = CompletionCode::ContextStateError;
+                    }
+                }
+                command::Allowed::ConfigureEndpoint(c) => {
+                    slot = c.slot_id();
+                    let icx = c.input_context_pointer();
+                    let n = self.ctx_words();
+                    let w = |i: u64| self.dma.read_u32(icx + 4 * i);
+                    let add = w(1);
+                    let mut eps = Vec::new();
+                    for dci in 2..32u8 {
+                        if add & (1 << dci) == 0 {
+                            continue;
+                        }
+                        let base = (1 + u64::from(dci)) * n;
+                        let ep_type = (w(base + 1) >> 3) & 7;
+                        let mps = w(base + 1) >> 16;
+                        let interval = (w(base) >> 16) & 0xff;
+                        let deq = u64::from(w(base + 2)) | (u64::from(w(base + 3)) << 32);
+                        eps.push((dci, ep_type, mps, interval, deq));
+                        self.fc.as_mut().unwrap().add_endpoint(slot, dci, deq);
+                        self.set_ep_state(slot, dci, 1);
+                        self.bulk.insert(
+                            (slot, dci),
+                            BulkEp {
+                                // Bulk IN 6, Interrupt IN 7.
+                                dir_in: ep_type >= 5,
+                                ..BulkEp::default()
+                            },
+                        );
+                    }
+                    let entries = w(n) >> 27;
+                    self.log.push(std::format!(
+                        "configure endpoint {slot} {add:#x} entries {entries}"
+                    ));
+                    self.configured.push((slot, add, eps));
+                }
+                command::Allowed::SetTrDequeuePointer(s)
+                    if !matches!(self.ep_state(s.slot_id(), s.endpoint_id()), 3 | 4) =>
+                {
+                    // xHCI 4.6.10: only a Stopped or Error endpoint.
+                    slot = s.slot_id();
+                    code = CompletionCode::ContextStateError;
                 }
                 command::Allowed::SetTrDequeuePointer(s) => {
                     slot = s.slot_id();
@@ -412,11 +505,31 @@ impl FakeHc {
                 }
                 command::Allowed::StopEndpoint(s) => {
                     slot = s.slot_id();
-                    self.set_ep_state(slot, s.endpoint_id(), 3);
-                    self.log.push(std::format!("stop endpoint {slot}"));
+                    let dci = s.endpoint_id();
+                    if self.ep_state(slot, dci) == 1 {
+                        self.set_ep_state(slot, dci, 3);
+                        self.log.push(std::format!("stop endpoint {slot} {dci}"));
+                        // A Transfer Event for the TRB the endpoint stopped on (xHCI 4.6.9).
+                        let fc = self.fc.as_mut().unwrap();
+                        if let Some(at) = fc.next_owned_trb(slot, dci) {
+                            let e = events::transfer(
+                                at,
+                                CompletionCode::StoppedLengthInvalid,
+                                0,
+                                dci,
+                                slot,
+                                false,
+                            );
+                            fc.post_event(e).unwrap();
+                        }
+                    } else {
+                        code = CompletionCode::ContextStateError;
+                    }
                 }
                 command::Allowed::DisableSlot(d) => {
                     slot = d.slot_id();
+                    self.fc.as_mut().unwrap().remove_slot(slot);
+                    self.bulk.retain(|(s, _), _| *s != slot);
                     self.log.push(std::format!("disable slot {slot}"));
                 }
                 command::Allowed::Noop(_) => self.log.push("noop".into()),
@@ -432,7 +545,14 @@ impl FakeHc {
     }
 
     fn run_ep(&mut self, slot: u8, target: u8) {
-        assert_eq!(target, 1, "only EP0 here");
+        if target != 1 {
+            // A doorbell restarts a Stopped endpoint; a Halted one stays halted.
+            if self.bulk.contains_key(&(slot, target)) && self.ep_state(slot, target) == 3 {
+                self.set_ep_state(slot, target, 1);
+            }
+            self.run_bulk(slot, target);
+            return;
+        }
         if self.ep0_dead {
             return;
         }
@@ -441,6 +561,15 @@ impl FakeHc {
         let done = fc.run_endpoint(slot, 1, 64);
         let halted = fc.is_halted(slot, 1);
         for c in &done {
+            if let Ok(transfer::Allowed::SetupStage(s)) = transfer::Allowed::try_from(c.raw) {
+                self.log.push(std::format!(
+                    "setup {:#04x} {} {} {:#x}",
+                    s.request_type(),
+                    s.request(),
+                    s.value(),
+                    s.index()
+                ));
+            }
             if let Ok(transfer::Allowed::DataStage(d)) = transfer::Allowed::try_from(c.raw) {
                 let len = d.trb_transfer_length() as usize;
                 let buf = d.data_buffer_pointer();
@@ -468,9 +597,114 @@ impl FakeHc {
     }
 }
 
+impl FakeHc {
+    /// Runs a bulk/interrupt endpoint while it is Running: IN TDs each take one frame (short
+    /// frames end with a Short Packet event on the TRB where the data ended), OUT TDs record
+    /// their data.
+    fn run_bulk(&mut self, slot: u8, dci: u8) {
+        loop {
+            if self.ep_state(slot, dci) != 1 {
+                return;
+            }
+            let Some(ep) = self.bulk.get(&(slot, dci)) else {
+                return;
+            };
+            if (ep.dir_in && ep.frames.is_empty()) || ep.nak {
+                return;
+            }
+            let fc = self.fc.as_mut().unwrap();
+            if !fc.has_event_room() {
+                return;
+            }
+            let Some(td) = fc.take_td(slot, dci) else {
+                return;
+            };
+            let ep = self.bulk.get_mut(&(slot, dci)).unwrap();
+            ep.tds.push(td.clone());
+            if ep.stall_after == Some(0) {
+                ep.stall_after = None;
+                fc.set_halted(slot, dci);
+                let e =
+                    events::transfer(td[0].phys, CompletionCode::StallError, 0, dci, slot, false);
+                fc.post_event(e).unwrap();
+                self.set_ep_state(slot, dci, 2);
+                self.log.push(std::format!("stalled {slot} {dci}"));
+                return;
+            }
+            if let Some(n) = ep.stall_after.as_mut() {
+                *n -= 1;
+            }
+            let normals: Vec<transfer::Normal> = td
+                .iter()
+                .map(|c| match transfer::Allowed::try_from(c.raw).unwrap() {
+                    transfer::Allowed::Normal(n) => n,
+                    t => panic!("bulk TD with {t:?}"),
+                })
+                .collect();
+            let last = td.last().unwrap().phys;
+            if ep.dir_in {
+                let frame = ep.frames.pop_front().unwrap();
+                let total: usize = normals
+                    .iter()
+                    .map(|n| n.trb_transfer_length() as usize)
+                    .sum();
+                assert!(frame.len() <= total, "babble is not modelled");
+                let mut off = 0;
+                let mut event = None;
+                for (c, n) in td.iter().zip(&normals) {
+                    let len = n.trb_transfer_length() as usize;
+                    let take = len.min(frame.len() - off);
+                    let buf = n.data_buffer_pointer();
+                    for (i, chunk) in frame[off..off + take].chunks(4).enumerate() {
+                        let mut w = self.dma.read_u32(buf + 4 * i as u64).to_le_bytes();
+                        w[..chunk.len()].copy_from_slice(chunk);
+                        self.dma
+                            .write_u32(buf + 4 * i as u64, u32::from_le_bytes(w));
+                    }
+                    off += take;
+                    if take < len {
+                        assert!(n.interrupt_on_short_packet(), "IN TRB without ISP");
+                        event = Some(events::transfer(
+                            c.phys,
+                            CompletionCode::ShortPacket,
+                            (len - take) as u32,
+                            dci,
+                            slot,
+                            false,
+                        ));
+                        break;
+                    }
+                }
+                let e = event.unwrap_or_else(|| {
+                    assert!(normals.last().unwrap().interrupt_on_completion());
+                    events::transfer(last, CompletionCode::Success, 0, dci, slot, false)
+                });
+                fc.post_event(e).unwrap();
+            } else {
+                let mut out = Vec::new();
+                for n in &normals {
+                    let len = n.trb_transfer_length() as usize;
+                    let buf = n.data_buffer_pointer();
+                    let mut bytes = Vec::new();
+                    for i in 0..len.div_ceil(4) {
+                        bytes.extend_from_slice(
+                            &self.dma.read_u32(buf + 4 * i as u64).to_le_bytes(),
+                        );
+                    }
+                    bytes.truncate(len);
+                    out.extend(bytes);
+                }
+                ep.out.push(out);
+                let e = events::transfer(last, CompletionCode::Success, 0, dci, slot, false);
+                fc.post_event(e).unwrap();
+            }
+        }
+    }
+}
+
 struct FakeOs {
     hc: Arc<Mutex<FakeHc>>,
-    now: AtomicU64,
+    now: Arc<AtomicU64>,
 }
 
 impl Os for FakeOs {
@@ -486,13 +720,19 @@ impl Os for FakeOs {
         self.hc.lock().unwrap().tick();
     }
     fn completion(&self) -> Arc<dyn Completion> {
-        Arc::new(FakeCompletion::default())
+        Arc::new(FakeCompletion {
+            clock: self.now.clone(),
+            done: Mutex::new(false),
+            cv: Condvar::new(),
+        })
     }
 }
 
 /// A completion on a std mutex + condvar (the kernel uses a semaphore).
-#[derive(Default)]
 struct FakeCompletion {
+    /// The virtual clock: a wait that times out advances it, so a waiter always reaches its
+    /// deadline even when nothing else runs.
+    clock: Arc<AtomicU64>,
     done: Mutex<bool>,
     cv: Condvar,
 }
@@ -507,6 +747,9 @@ impl Completion for FakeCompletion {
         let t = std::time::Duration::from_micros(timeout_us.min(2000));
         let g = self.done.lock().unwrap();
         let (g, _) = self.cv.wait_timeout_while(g, t, |d| !*d).unwrap();
+        if !*g {
+            self.clock.fetch_add(timeout_us.min(2000), Ordering::SeqCst);
+        }
         *g
     }
 }
@@ -526,7 +769,7 @@ fn rig_with(csz64: bool, scratchpads: u32) -> Rig {
     let hc = Arc::new(Mutex::new(hc));
     let os = Arc::new(FakeOs {
         hc: hc.clone(),
-        now: AtomicU64::new(0),
+        now: Arc::new(AtomicU64::new(0)),
     });
     // SAFETY: the fake MMIO space is driven by this controller only.
     #[allow(unsafe_code)]
@@ -619,7 +862,7 @@ fn bios_that_never_lets_go_is_overridden() {
     let hc = Arc::new(Mutex::new(hc));
     let os = Arc::new(FakeOs {
         hc: hc.clone(),
-        now: AtomicU64::new(0),
+        now: Arc::new(AtomicU64::new(0)),
     });
     // SAFETY: the fake MMIO space is driven by this controller only.
     #[allow(unsafe_code)]
@@ -809,7 +1052,7 @@ fn control_transfer_timeout_stops_endpoint() {
     let log = r.hc.lock().unwrap().log.clone();
     let stop = log
         .iter()
-        .position(|l| l == "stop endpoint 1")
+        .position(|l| l == "stop endpoint 1 1")
         .expect("Stop Endpoint");
     let deq = log
         .iter()
@@ -853,4 +1096,543 @@ fn release_device_frees_everything() {
     // The slot can be enumerated again.
     let again = addressed_hs(&mut r);
     assert_eq!(again, 2);
+}
+
+// ---- Pipes: bulk/interrupt endpoints, stall semantics, timeouts, disconnect, threads ----
+
+use crate::pipe::{EndpointConfig, Pipe, PipeKind, TransferBuffer, TransferHandle};
+
+const BULK_IN: u8 = 0x82;
+const BULK_OUT: u8 = 0x02;
+const INTR_IN: u8 = 0x81;
+/// DCIs of the usb-net endpoints.
+const DCI_IN: u8 = 5;
+const DCI_OUT: u8 = 4;
+
+/// The usb-net ECM data + notification endpoints (FACTS.md), configured on a fresh device.
+fn usb_net(r: &mut Rig) -> (u8, Pipe, Pipe, Pipe) {
+    let slot = addressed_hs(r);
+    let cfg = |address, kind, max_packet, interval| EndpointConfig {
+        address,
+        kind,
+        max_packet,
+        interval,
+        max_burst: 0,
+    };
+    let pipes = r
+        .ctl
+        .configure_endpoints(
+            slot,
+            &[
+                cfg(BULK_IN, PipeKind::Bulk, 64, 0),
+                cfg(BULK_OUT, PipeKind::Bulk, 64, 0),
+                cfg(INTR_IN, PipeKind::Interrupt, 16, 32),
+            ],
+        )
+        .unwrap();
+    let mut it = pipes.into_iter();
+    let (a, b, c) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+    (slot, a, b, c)
+}
+
+fn frame(tag: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| tag.wrapping_add(i as u8)).collect()
+}
+
+fn push_frames(r: &Rig, slot: u8, frames: &[Vec<u8>]) {
+    let mut hc = r.hc.lock().unwrap();
+    let ep = hc.bulk.get_mut(&(slot, DCI_IN)).unwrap();
+    ep.frames.extend(frames.iter().cloned());
+}
+
+fn submit_in(r: &Rig, pipe: &Pipe, len: usize) -> TransferHandle {
+    let b = TransferBuffer::alloc(&r.dma, len).unwrap();
+    pipe.submit(b).unwrap()
+}
+
+fn data_of(h: &TransferHandle, n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    h.buffer().read(&mut v);
+    v
+}
+
+fn log(r: &Rig) -> Vec<String> {
+    r.hc.lock().unwrap().log.clone()
+}
+
+fn pos(log: &[String], s: &str) -> usize {
+    log.iter()
+        .position(|l| l == s)
+        .unwrap_or_else(|| panic!("{s:?} not in {log:?}"))
+}
+
+#[test]
+fn configure_endpoint_context() {
+    let mut r = rig();
+    let (slot, bin, bout, intr) = usb_net(&mut r);
+    let hc = r.hc.lock().unwrap();
+    let (s, add, eps) = hc.configured[0].clone();
+    assert_eq!(s, slot);
+    assert_eq!(add, 1 | (1 << 3) | (1 << 4) | (1 << 5), "A0 + DCI 3, 4, 5");
+    assert!(hc.log.iter().any(|l| l.ends_with("entries 5")));
+    // (DCI, type, max packet, interval): bulk IN 6, bulk OUT 2, interrupt IN 7; high speed
+    // bInterval 32 -> 15 (clamped 16, minus 1).
+    let shape: Vec<_> = eps.iter().map(|e| (e.0, e.1, e.2, e.3)).collect();
+    assert_eq!(shape, vec![(3, 7, 16, 15), (4, 2, 64, 0), (5, 6, 64, 0)]);
+    drop(hc);
+    assert_eq!(
+        (bin.address(), bout.address(), intr.address()),
+        (0x82, 0x02, 0x81)
+    );
+    assert!(bin.is_in() && !bout.is_in());
+    let listed: Vec<_> = r.ctl.pipes().iter().map(|p| (p.slot, p.address)).collect();
+    assert_eq!(listed, vec![(1, 0), (1, 0x81), (1, 0x02), (1, 0x82)]);
+    // Twice the same endpoint is refused.
+    let again = r.ctl.configure_endpoints(
+        slot,
+        &[EndpointConfig {
+            address: BULK_IN,
+            kind: PipeKind::Bulk,
+            max_packet: 64,
+            interval: 0,
+            max_burst: 0,
+        }],
+    );
+    assert!(matches!(again, Err(TransferError::Controller(_))));
+}
+
+#[test]
+fn bulk_in_four_queued_complete_in_order() {
+    let mut r = rig();
+    let (slot, bin, _, _) = usb_net(&mut r);
+    let handles: Vec<_> = (0..4).map(|_| submit_in(&r, &bin, 2048)).collect();
+    assert_eq!(bin.counters().submitted, 4);
+    // Nothing arrives until the device has frames.
+    r.ctl.process_events();
+    assert!(handles.iter().all(|h| h.try_result().is_none()));
+    // Lengths: short, a multiple of 64, a full Ethernet frame, a minimum one.
+    let lens = [100, 192, 1514, 60];
+    let frames: Vec<_> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, l)| frame(i as u8 * 40, *l))
+        .collect();
+    push_frames(&r, slot, &frames);
+    for (i, h) in handles.iter().enumerate() {
+        assert_eq!(h.wait(1_000_000), Ok(lens[i]), "transfer {i}");
+        assert_eq!(data_of(h, lens[i]), frames[i]);
+    }
+    let c = bin.counters();
+    assert_eq!((c.submitted, c.completed, c.errors, c.stalls), (4, 4, 0, 0));
+    assert_eq!(c.bytes, lens.iter().sum::<usize>() as u64);
+    assert_eq!(bin.in_flight_trbs(), 0);
+    // Every TD: one TRB (2048 bytes in one 64 KiB window), ISP + IOC.
+    let hc = r.hc.lock().unwrap();
+    for td in &hc.bulk[&(slot, DCI_IN)].tds {
+        assert_eq!(td.len(), 1);
+        match transfer::Allowed::try_from(td[0].raw).unwrap() {
+            transfer::Allowed::Normal(n) => {
+                assert!(n.interrupt_on_short_packet() && n.interrupt_on_completion());
+                assert!(!n.chain_bit());
+                assert_eq!(n.trb_transfer_length(), 2048);
+            }
+            t => panic!("{t:?}"),
+        }
+    }
+}
+
+#[test]
+fn ring_wraps_with_many_transfers() {
+    let mut r = rig();
+    let (slot, bin, _, _) = usb_net(&mut r);
+    // 600 transfers through a 256-slot ring, 8 in flight at a time.
+    let mut pending = VecDeque::new();
+    for i in 0..600usize {
+        if pending.len() == 8 {
+            let (j, h): (usize, TransferHandle) = pending.pop_front().unwrap();
+            let n = 60 + j % 64;
+            assert_eq!(h.wait(1_000_000), Ok(n));
+            assert_eq!(data_of(&h, n), frame(j as u8, n));
+        }
+        pending.push_back((i, submit_in(&r, &bin, 128)));
+        push_frames(&r, slot, &[frame(i as u8, 60 + i % 64)]);
+    }
+    for (j, h) in pending {
+        assert_eq!(h.wait(1_000_000), Ok(60 + j % 64));
+    }
+    assert_eq!(bin.counters().completed, 600);
+}
+
+#[test]
+fn chained_trbs_across_64k_boundaries() {
+    let mut r = rig();
+    let (slot, bin, bout, _) = usb_net(&mut r);
+    // 140 KiB crosses at least two 64 KiB boundaries wherever it lands.
+    let len = 140 * 1024 + 7;
+    let b = TransferBuffer::alloc(&r.dma, len).unwrap();
+    let h = bin.submit(b.clone()).unwrap();
+    let f = frame(3, len);
+    push_frames(&r, slot, core::slice::from_ref(&f));
+    assert_eq!(h.wait(1_000_000), Ok(len));
+    assert_eq!(data_of(&h, len), f);
+    let td = r.hc.lock().unwrap().bulk[&(slot, DCI_IN)].tds[0].clone();
+    assert!(td.len() >= 3, "{} TRBs", td.len());
+    let mut at = b.phys();
+    let mut sent = 0usize;
+    for (i, c) in td.iter().enumerate() {
+        let n = match transfer::Allowed::try_from(c.raw).unwrap() {
+            transfer::Allowed::Normal(n) => n,
+            t => panic!("{t:?}"),
+        };
+        let last = i + 1 == td.len();
+        let l = n.trb_transfer_length() as usize;
+        assert_eq!(n.data_buffer_pointer(), at, "contiguous");
+        assert_eq!(
+            at / 65536,
+            (at + l as u64 - 1) / 65536,
+            "TRB {i} crosses 64 KiB"
+        );
+        assert_eq!(n.chain_bit(), !last);
+        assert_eq!(n.interrupt_on_completion(), last);
+        assert!(n.interrupt_on_short_packet());
+        sent += l;
+        let expect_td_size = if last {
+            0
+        } else {
+            (len - sent).div_ceil(64).min(31)
+        };
+        assert_eq!(usize::from(n.td_size()), expect_td_size);
+        at += l as u64;
+    }
+    assert_eq!(sent, len);
+
+    // A short frame ending in the second TRB: the event names that TRB and the length adds
+    // up across the chain; the next TD is unaffected.
+    let h1 = bin.submit(b.clone()).unwrap();
+    let h2 = submit_in(&r, &bin, 64);
+    let first_trb = {
+        let hc = r.hc.lock().unwrap();
+        hc.bulk[&(slot, DCI_IN)].tds[0].clone()
+    };
+    let first_len = match transfer::Allowed::try_from(first_trb[0].raw).unwrap() {
+        transfer::Allowed::Normal(n) => n.trb_transfer_length() as usize,
+        _ => unreachable!(),
+    };
+    let short = first_len + 1000;
+    push_frames(&r, slot, &[frame(9, short), frame(1, 10)]);
+    assert_eq!(h1.wait(1_000_000), Ok(short));
+    assert_eq!(data_of(&h1, short), frame(9, short));
+    assert_eq!(h2.wait(1_000_000), Ok(10));
+
+    // OUT across boundaries: the device sees exactly the bytes.
+    let out = frame(77, 100_000);
+    assert_eq!(bout.bulk_out(&out, 1_000_000), Ok(out.len()));
+    assert_eq!(r.hc.lock().unwrap().bulk[&(slot, DCI_OUT)].out, vec![out]);
+    // Zero-length OUT (ECM: after a frame that is a multiple of 64 bytes).
+    assert_eq!(bout.bulk_out(&[], 1_000_000), Ok(0));
+    assert_eq!(bin.in_flight_trbs() + bout.in_flight_trbs(), 0);
+}
+
+/// Checks that every handle completed exactly once and returns the results.
+fn results(hs: &[TransferHandle]) -> Vec<Result<usize, TransferError>> {
+    hs.iter()
+        .map(|h| h.try_result().expect("completed"))
+        .collect()
+}
+
+#[test]
+fn stall_mid_queue_fails_back_once_and_resumes_in_order() {
+    let mut r = rig();
+    let (slot, bin, bout, _) = usb_net(&mut r);
+    r.hc.lock()
+        .unwrap()
+        .bulk
+        .get_mut(&(slot, DCI_IN))
+        .unwrap()
+        .stall_after = Some(1);
+    let hs: Vec<_> = (0..4).map(|_| submit_in(&r, &bin, 512)).collect();
+    let frames: Vec<_> = (0..6).map(|i| frame(i * 10, 50 + usize::from(i))).collect();
+    push_frames(&r, slot, &frames[..4]);
+    assert_eq!(hs[0].wait(1_000_000), Ok(50));
+    assert_eq!(hs[1].wait(1_000_000), Err(TransferError::Stall));
+    assert_eq!(
+        results(&hs),
+        vec![
+            Ok(50),
+            Err(TransferError::Stall),
+            Err(TransferError::PipeHalted),
+            Err(TransferError::PipeHalted)
+        ]
+    );
+    assert!(bin.is_halted());
+    // Refused until clear_halt; other pipes are not halted.
+    let b = TransferBuffer::alloc(&r.dma, 512).unwrap();
+    assert_eq!(bin.submit(b).unwrap_err(), TransferError::PipeHalted);
+    assert_eq!(bout.bulk_out(&[1, 2, 3], 1_000_000), Ok(3));
+    // Nothing completes twice: more events change nothing.
+    r.ctl.process_events();
+    assert_eq!(results(&hs)[0], Ok(50));
+    let c = bin.counters();
+    assert_eq!((c.submitted, c.completed, c.errors, c.stalls), (4, 4, 3, 1));
+
+    bin.clear_halt().unwrap();
+    assert!(!bin.is_halted());
+    let l = log(&r);
+    let reset = pos(&l, "reset endpoint 1 5");
+    let deq = pos(&l, "set tr dequeue 1 5");
+    let clear = pos(&l, "setup 0x02 1 0 0x82");
+    assert!(reset < deq && deq < clear, "{l:?}");
+    assert!(
+        !l.contains(&"stop endpoint 1 5".into()),
+        "halted: no Stop Endpoint"
+    );
+    assert!(!r
+        .hc
+        .lock()
+        .unwrap()
+        .fc
+        .as_ref()
+        .unwrap()
+        .is_halted(slot, DCI_IN));
+
+    // Resubmitted: the stalled frame and the ones behind it arrive, complete and in order.
+    let hs: Vec<_> = (0..4).map(|_| submit_in(&r, &bin, 512)).collect();
+    push_frames(&r, slot, &frames[4..]);
+    for (i, h) in hs.iter().enumerate() {
+        let f = &frames[i + 1];
+        assert_eq!(h.wait(1_000_000), Ok(f.len()));
+        assert_eq!(&data_of(h, f.len()), f);
+    }
+    assert_eq!(bin.counters().completed, 8);
+    assert_eq!(r.ctl.counters().recoveries, 1);
+}
+
+#[test]
+fn injected_stall_takes_the_stop_endpoint_path() {
+    let mut r = rig();
+    let (slot, bin, _, _) = usb_net(&mut r);
+    let hs: Vec<_> = (0..3).map(|_| submit_in(&r, &bin, 512)).collect();
+    bin.inject_stall_on_next_completion();
+    push_frames(&r, slot, &[frame(1, 70)]);
+    assert_eq!(hs[0].wait(1_000_000), Err(TransferError::Stall));
+    assert_eq!(
+        results(&hs),
+        vec![
+            Err(TransferError::Stall),
+            Err(TransferError::PipeHalted),
+            Err(TransferError::PipeHalted)
+        ]
+    );
+    assert_eq!(bin.counters().stalls, 1);
+    // The real endpoint never halted: it was stopped so it consumes nothing more.
+    let frames: Vec<_> = (2..6).map(|i| frame(i * 3, 80 + usize::from(i))).collect();
+    push_frames(&r, slot, &frames);
+    r.ctl.process_events();
+    r.hc.lock().unwrap().tick();
+    r.ctl.process_events();
+    assert!(!r
+        .hc
+        .lock()
+        .unwrap()
+        .fc
+        .as_ref()
+        .unwrap()
+        .is_halted(slot, DCI_IN));
+    assert_eq!(
+        r.hc.lock().unwrap().bulk[&(slot, DCI_IN)].frames.len(),
+        4,
+        "stopped"
+    );
+
+    bin.clear_halt().unwrap();
+    let l = log(&r);
+    let stop = pos(&l, "stop endpoint 1 5");
+    let deq = pos(&l, "set tr dequeue 1 5");
+    let clear = pos(&l, "setup 0x02 1 0 0x82");
+    assert!(stop < deq && deq < clear, "{l:?}");
+    assert!(
+        !l.contains(&"reset endpoint 1 5".into()),
+        "not halted: no Reset Endpoint"
+    );
+    let hs: Vec<_> = (0..4).map(|_| submit_in(&r, &bin, 512)).collect();
+    for (h, f) in hs.iter().zip(&frames) {
+        assert_eq!(h.wait(1_000_000), Ok(f.len()));
+        assert_eq!(&data_of(h, f.len()), f);
+    }
+    // Late events for the failed-back TDs matched nothing and were dropped.
+    let c = bin.counters();
+    assert_eq!((c.submitted, c.completed), (7, 7));
+}
+
+#[test]
+fn timeout_cancels_one_pipe_only() {
+    let mut r = rig();
+    let (slot, bin, bout, _) = usb_net(&mut r);
+    // Two INs wait for frames that never come.
+    let a = submit_in(&r, &bin, 512);
+    let a2 = submit_in(&r, &bin, 512);
+    assert_eq!(bout.bulk_out(&[1; 10], 1_000_000), Ok(10));
+    assert_eq!(a.wait(5_000), Err(TransferError::Timeout));
+    assert_eq!(a2.try_result(), Some(Err(TransferError::PipeHalted)));
+    let l = log(&r);
+    let stop = pos(&l, "stop endpoint 1 5");
+    let deq = pos(&l, "set tr dequeue 1 5");
+    assert!(stop < deq);
+    assert!(
+        !l.iter()
+            .any(|x| x.ends_with(" 1 4") && !x.starts_with("setup")),
+        "{l:?}"
+    );
+    // The OUT pipe carries on while IN is halted.
+    assert_eq!(bout.bulk_out(&[2; 20], 1_000_000), Ok(20));
+    assert!(bin.is_halted());
+    assert!(!bout.is_halted());
+    assert_eq!(
+        r.hc.lock().unwrap().bulk[&(slot, DCI_OUT)].out,
+        vec![vec![1; 10], vec![2; 20]]
+    );
+    // Cleared (Stopped endpoint, ring already in place): CLEAR_FEATURE, then IN works again.
+    bin.clear_halt().unwrap();
+    let h = submit_in(&r, &bin, 512);
+    push_frames(&r, slot, &[frame(5, 33)]);
+    assert_eq!(h.wait(1_000_000), Ok(33));
+    assert_eq!(data_of(&h, 33), frame(5, 33));
+    let c = bin.counters();
+    assert_eq!((c.submitted, c.completed, c.errors), (3, 3, 2));
+    assert_eq!(bout.counters().errors, 0);
+}
+
+#[test]
+fn poll_wait_does_not_cancel() {
+    let mut r = rig();
+    let (slot, bin, _, intr) = usb_net(&mut r);
+    let h = submit_in(&r, &bin, 512);
+    assert_eq!(h.poll_wait(2_000), None);
+    assert!(!bin.is_halted());
+    push_frames(&r, slot, &[frame(0, 8)]);
+    assert_eq!(h.wait(1_000_000), Ok(8));
+    // Interrupt IN: nothing queued on the fake -> timeout, pipe halted, cleared.
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        intr.interrupt_in(&mut buf, 3_000),
+        Err(TransferError::Timeout)
+    );
+    assert!(intr.is_halted());
+    intr.clear_halt().unwrap();
+    assert!(pos(&log(&r), "setup 0x02 1 0 0x81") > 0);
+}
+
+#[test]
+fn disconnect_completes_everything_and_frees_dma() {
+    let mut r = rig();
+    let before = r.dma.live_regions();
+    let (slot, bin, bout, intr) = usb_net(&mut r);
+    r.hc.lock()
+        .unwrap()
+        .bulk
+        .get_mut(&(slot, DCI_OUT))
+        .unwrap()
+        .nak = true;
+    let mut hs: Vec<_> = (0..3).map(|_| submit_in(&r, &bin, 1600)).collect();
+    let b = TransferBuffer::alloc(&r.dma, 300).unwrap();
+    b.write(&[7; 300]);
+    hs.push(bout.submit(b).unwrap());
+    hs.push(
+        intr.submit(TransferBuffer::alloc(&r.dma, 16).unwrap())
+            .unwrap(),
+    );
+    assert!(r.dma.live_regions() > before);
+    r.ctl.device_gone(slot).unwrap();
+    assert!(hs
+        .iter()
+        .all(|h| h.try_result() == Some(Err(TransferError::Disconnected))));
+    assert_eq!(hs[0].wait(1000), Err(TransferError::Disconnected));
+    assert!(log(&r).contains(&"disable slot 1".into()));
+    let b = TransferBuffer::alloc(&r.dma, 8).unwrap();
+    assert_eq!(bin.submit(b).unwrap_err(), TransferError::Disconnected);
+    assert_eq!(bin.clear_halt(), Err(TransferError::Disconnected));
+    assert_eq!(bin.counters().errors, 3);
+    assert!(r.ctl.pipes().is_empty());
+    assert_eq!(r.ctl.device_count(), 0);
+    drop(hs);
+    drop((bin, bout, intr));
+    assert_eq!(
+        r.dma.live_regions(),
+        before,
+        "rings, contexts and buffers freed"
+    );
+    // The port can be enumerated again.
+    let (slot2, bin, _, _) = usb_net(&mut r);
+    let h = submit_in(&r, &bin, 64);
+    push_frames(&r, slot2, &[frame(4, 64)]);
+    assert_eq!(h.wait(1_000_000), Ok(64));
+}
+
+#[test]
+fn threads_on_different_pipes_and_ep0() {
+    let mut r = rig();
+    let (slot, bin, bout, _) = usb_net(&mut r);
+    r.hc.lock().unwrap().ep0_response = (0..18).collect();
+    let frames: Vec<_> = (0..100u8).map(|i| frame(i, 20 + usize::from(i))).collect();
+    push_frames(&r, slot, &frames);
+    let stop = Arc::new(AtomicU32::new(0));
+    // The controller thread: waits for "interrupts" and drains the event ring.
+    let events = {
+        let ctl = r.ctl.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while stop.load(Ordering::SeqCst) == 0 {
+                ctl.wait_for_events(100);
+                std::thread::yield_now();
+            }
+        })
+    };
+    let rx = {
+        let bin = bin.clone();
+        let frames = frames.clone();
+        std::thread::spawn(move || {
+            // Four bulk INs stay queued (QEMU's usb-net holds one frame at a time).
+            let mut queue = VecDeque::new();
+            let mut submitted = 0;
+            for f in &frames {
+                while queue.len() < 4 && submitted < frames.len() {
+                    queue.push_back(bin.submit(bin.alloc_buffer(256).unwrap()).unwrap());
+                    submitted += 1;
+                }
+                let h = queue.pop_front().unwrap();
+                assert_eq!(h.wait(10_000_000), Ok(f.len()));
+                assert_eq!(&data_of(&h, f.len()), f);
+            }
+        })
+    };
+    let tx = {
+        let bout = bout.clone();
+        std::thread::spawn(move || {
+            for i in 0..100u8 {
+                assert_eq!(bout.bulk_out(&[i; 40], 10_000_000), Ok(40));
+            }
+        })
+    };
+    let ep0 = {
+        let ctl = r.ctl.clone();
+        std::thread::spawn(move || {
+            for _ in 0..30 {
+                let mut buf = [0u8; 18];
+                let n = ctl
+                    .control_transfer(slot, get_device_descriptor(18), &mut buf, 10_000)
+                    .unwrap();
+                assert_eq!(n, 18);
+                assert_eq!(buf.to_vec(), (0..18).collect::<Vec<u8>>());
+            }
+        })
+    };
+    rx.join().unwrap();
+    tx.join().unwrap();
+    ep0.join().unwrap();
+    stop.store(1, Ordering::SeqCst);
+    events.join().unwrap();
+    let out = r.hc.lock().unwrap().bulk[&(slot, DCI_OUT)].out.clone();
+    assert_eq!(out, (0..100u8).map(|i| vec![i; 40]).collect::<Vec<_>>());
+    assert_eq!(bin.counters().completed, 100);
+    assert_eq!(bout.counters().completed, 100);
 }
