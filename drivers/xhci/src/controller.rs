@@ -12,11 +12,11 @@
 //! Waiting: every command and transfer gets a [`Completion`] from [`Os::completion`];
 //! [`Controller::process_events`] (run by the kernel's controller thread after each interrupt,
 //! see [`Controller::wait_for_events`]) matches completion events to their waiters and signals
-//! them. Until some thread calls [`Controller::wait_for_events`], waiters drain the event ring
-//! themselves between [`Os::wait_for_interrupt`] calls (boot enumeration runs on the controller
-//! thread); afterwards they wait on their completion and drain the ring themselves only when a
-//! slice of [`MAX_IRQ_WAIT_US`] passes without a signal (a wedged or missing event thread costs
-//! latency, never progress).
+//! them. While a thread is parked in [`Controller::wait_for_events`], waiters sleep on their
+//! completion and drain the ring themselves only when a slice of [`MAX_IRQ_WAIT_US`] passes
+//! without a signal; otherwise (no event thread, or it is busy, e.g. enumerating on its own
+//! thread) they drain the ring themselves between [`Os::wait_for_interrupt`] calls, as during
+//! boot enumeration. A wedged or missing event thread costs latency, never progress.
 //!
 //! Register access goes through the `xhci` crate's accessors over a [`Mapper`] the kernel
 //! supplies. Two raw accessors are built here because the crate's cannot do the job (see
@@ -317,8 +317,10 @@ struct Inner<M: Mmio, R: RawLock> {
     port_changed: Mutex<R, Vec<bool>>,
     command_timeout_us: AtomicU64,
     dead: AtomicBool,
-    /// Some thread runs [`Controller::wait_for_events`]: waiters sleep on their completions.
-    event_thread: AtomicBool,
+    /// A thread is parked in [`Controller::wait_for_events`] right now, ready to drain the
+    /// ring on the next interrupt: waiters sleep on their completions. Otherwise (no event
+    /// thread, or it is busy, e.g. enumerating) they drain the ring themselves.
+    event_waiting: AtomicBool,
     /// One command abort at a time.
     aborting: AtomicBool,
     counters: Mutex<R, Counters>,
@@ -707,7 +709,7 @@ impl<M: Mmio, R: RawLock> Controller<M, R> {
             port_changed: Mutex::new(vec![false; usize::from(max_ports) + 1]),
             command_timeout_us: AtomicU64::new(COMMAND_TIMEOUT_US),
             dead: AtomicBool::new(false),
-            event_thread: AtomicBool::new(false),
+            event_waiting: AtomicBool::new(false),
             aborting: AtomicBool::new(false),
             counters: Mutex::new(Counters::default()),
         });
@@ -782,11 +784,15 @@ impl<M: Mmio, R: RawLock> Controller<M, R> {
     }
 
     /// The controller thread's loop body: waits for the interrupt (at most `timeout_us`), then
-    /// [`Self::process_events`]. Calling it once tells the driver that a thread does this, so
-    /// waiters sleep on their completions instead of draining the ring themselves.
+    /// [`Self::process_events`]. While a thread is parked here, waiters sleep on their
+    /// completions instead of draining the ring themselves (use this rather than
+    /// `Os::wait_for_interrupt` + `process_events`, which the driver cannot see).
     pub fn wait_for_events(&self, timeout_us: u64) -> usize {
-        self.inner.event_thread.store(true, Ordering::Release);
+        // Events that came before we park (the interrupt may have been taken by a waiter).
+        self.inner.process_events();
+        self.inner.event_waiting.store(true, Ordering::Release);
         self.inner.os.wait_for_interrupt(timeout_us);
+        self.inner.event_waiting.store(false, Ordering::Release);
         self.inner.process_events()
     }
 
@@ -1153,7 +1159,7 @@ impl<M: Mmio, R: RawLock> Inner<M, R> {
                 return;
             }
             let slice = (deadline - now).min(MAX_IRQ_WAIT_US);
-            if self.event_thread.load(Ordering::Acquire) {
+            if self.event_waiting.load(Ordering::Acquire) {
                 if !completion.wait(slice) {
                     // No signal in a whole slice: the event thread may be stuck or an
                     // interrupt lost; drain the ring ourselves.

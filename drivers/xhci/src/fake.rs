@@ -408,6 +408,18 @@ impl FakeController {
 
     /// Rings the endpoint's doorbell: consumes up to `budget` owned TRBs.
     pub fn run_endpoint(&mut self, slot: u8, dci: u8, budget: usize) -> Vec<Consumed> {
+        self.run_endpoint_with(slot, dci, budget, &mut |_| {})
+    }
+
+    /// [`Self::run_endpoint`], calling `on_trb` for each TRB before its event is posted (the
+    /// device's data must be in memory before the controller reports the TRB done).
+    pub fn run_endpoint_with(
+        &mut self,
+        slot: u8,
+        dci: u8,
+        budget: usize,
+        on_trb: &mut dyn FnMut(&Consumed),
+    ) -> Vec<Consumed> {
         let mut out = Vec::new();
         let mut ep = self.endpoints.remove(&(slot, dci)).expect("endpoint");
         let mut links = 0;
@@ -454,7 +466,9 @@ impl FakeController {
             if let Some(n) = ep.stall_after.as_mut() {
                 *n -= 1;
             }
-            out.push(Consumed { phys, raw });
+            let c = Consumed { phys, raw };
+            on_trb(&c);
+            out.push(c);
             ep.cursor.deq += TRB_BYTES as u64;
             if trb.interrupt_on_completion() {
                 let e = events::transfer(phys, CompletionCode::Success, 0, dci, slot, false);

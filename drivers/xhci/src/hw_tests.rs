@@ -558,11 +558,15 @@ impl FakeHc {
         }
         self.set_ep_state(slot, 1, 1);
         let fc = self.fc.as_mut().unwrap();
-        let done = fc.run_endpoint(slot, 1, 64);
-        let halted = fc.is_halted(slot, 1);
-        for c in &done {
+        let (dma, response, ep0_out, log) = (
+            &self.dma,
+            &self.ep0_response,
+            &mut self.ep0_out,
+            &mut self.log,
+        );
+        let done = fc.run_endpoint_with(slot, 1, 64, &mut |c| {
             if let Ok(transfer::Allowed::SetupStage(s)) = transfer::Allowed::try_from(c.raw) {
-                self.log.push(std::format!(
+                log.push(std::format!(
                     "setup {:#04x} {} {} {:#x}",
                     s.request_type(),
                     s.request(),
@@ -574,22 +578,22 @@ impl FakeHc {
                 let len = d.trb_transfer_length() as usize;
                 let buf = d.data_buffer_pointer();
                 if d.direction() == transfer::Direction::In {
-                    for (i, chunk) in self.ep0_response[..len].chunks(4).enumerate() {
+                    for (i, chunk) in response[..len].chunks(4).enumerate() {
                         let mut w = [0u8; 4];
                         w[..chunk.len()].copy_from_slice(chunk);
-                        self.dma
-                            .write_u32(buf + 4 * i as u64, u32::from_le_bytes(w));
+                        dma.write_u32(buf + 4 * i as u64, u32::from_le_bytes(w));
                     }
                 } else {
                     let mut out = Vec::new();
                     for i in 0..len.div_ceil(4) {
-                        out.extend_from_slice(&self.dma.read_u32(buf + 4 * i as u64).to_le_bytes());
+                        out.extend_from_slice(&dma.read_u32(buf + 4 * i as u64).to_le_bytes());
                     }
                     out.truncate(len);
-                    self.ep0_out.push(out);
+                    ep0_out.push(out);
                 }
             }
-        }
+        });
+        let halted = fc.is_halted(slot, 1);
         self.ep0_trbs.extend(done);
         if halted {
             self.set_ep_state(slot, 1, 2);
