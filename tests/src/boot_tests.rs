@@ -26,6 +26,12 @@ pub const BOOT_TESTS: &[BootTest] = &[
     //                   name           kernel command line  expected output text
     // Both xHCI models, every device of the USB machine enumerated with its real IDs.
     BootTest::kernel_test("usb_enumeration", USB_DEVICES, "usb: enumeration ok"),
+    // Bulk data through usb-net (ECM) with a stall injected on bulk IN mid-stream.
+    BootTest::kernel_test(
+        "usb_bulk_stall",
+        USB_NET_DEVICES,
+        "usb: bulk stream complete",
+    ),
     BootTest::boots_with(
         "unknown_key",
         "bogus_key=1",
@@ -64,6 +70,16 @@ pub const USB_DEVICES: &[&str] = &[
     "usb-kbd,bus=nec.0",
     "-device",
     "usb-storage,bus=nec.0,drive=stick1",
+];
+
+/// One usb-net on qemu-xhci with user networking: the bulk data path test's machine.
+pub const USB_NET_DEVICES: &[&str] = &[
+    "-netdev",
+    "user,id=n0",
+    "-device",
+    "qemu-xhci,id=xhci",
+    "-device",
+    "usb-net,bus=xhci.0,netdev=n0",
 ];
 
 /// How long one single-purpose boot may take before it counts as hung.

@@ -4,7 +4,10 @@
 use super::{ensure, TestResult};
 use crate::usb;
 
-pub static MACHINE_TESTS: &[super::cases::Case] = &[("usb_enumeration", usb_enumeration)];
+pub static MACHINE_TESTS: &[super::cases::Case] = &[
+    ("usb_enumeration", usb_enumeration),
+    ("usb_bulk_stall", super::usb_data::usb_bulk_stall),
+];
 
 /// Both xHCI models (qemu-xhci, nec-usb-xhci) with QEMU's usb-net, usb-kbd, usb-storage, and on
 /// qemu-xhci a hub with a mouse behind it: every device enumerated with its real IDs.

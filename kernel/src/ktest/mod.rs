@@ -7,6 +7,7 @@
 mod cases;
 mod fatal;
 mod machine;
+mod usb_data;
 
 use alloc::string::String;
 

@@ -34,7 +34,7 @@ const SUBCLASS_USB: u8 = 0x03;
 const PROG_IF_XHCI: u8 = 0x30;
 const HUB_CLASS: u8 = 0x09;
 
-type Xhci = Controller<mapper::IdentityMapper>;
+pub type Xhci = Controller<mapper::IdentityMapper>;
 /// US English, what nearly every device offers.
 const LANGUAGE: u16 = 0x0409;
 
@@ -44,6 +44,8 @@ pub fn start() {
         f.class == CLASS_SERIAL_BUS && f.subclass == SUBCLASS_USB && f.prog_if == PROG_IF_XHCI
     });
     for (index, function) in controllers.enumerate() {
+        // Counted here, before the thread exists, so wait_settled cannot miss a controller.
+        registry::controller_started();
         let function = function.clone();
         Spawn::new(format!("xhci{}", index + 1))
             .priority(Priority::Driver)
@@ -69,10 +71,9 @@ fn setup_interrupt(function: &PciFunction, os: &alloc::sync::Arc<os::KernelOs>) 
 }
 
 fn run_controller(number: usize, function: PciFunction) {
-    registry::controller_started();
     let name = format!("xhci{number}");
     match bring_up(&name, &function) {
-        Ok((controller, os)) => {
+        Ok(controller) => {
             let mut bus = Bus {
                 name,
                 number: number as u8,
@@ -81,7 +82,7 @@ fn run_controller(number: usize, function: PciFunction) {
             };
             bus.rescan_root_ports();
             registry::controller_settled();
-            bus.watch(&os);
+            bus.watch();
         }
         Err(error) => {
             log::error!("{name}: {} failed to start: {error}", function.address);
@@ -90,7 +91,7 @@ fn run_controller(number: usize, function: PciFunction) {
     }
 }
 
-fn bring_up(name: &str, function: &PciFunction) -> Result<(Xhci, Arc<os::KernelOs>), String> {
+fn bring_up(name: &str, function: &PciFunction) -> Result<Xhci, String> {
     let bar = function.bars[0]
         .filter(|b| b.is_memory())
         .ok_or_else(|| String::from("no memory BAR0"))?;
@@ -121,7 +122,7 @@ fn bring_up(name: &str, function: &PciFunction) -> Result<(Xhci, Arc<os::KernelO
         info.context_size.bytes(),
         info.scratchpads,
     );
-    Ok((controller, os))
+    Ok(controller)
 }
 
 /// One controller's devices, owned by its thread. Root ports are rescanned whenever the
@@ -151,11 +152,11 @@ struct DeviceLife {
 impl Bus {
     /// Sleeps until the controller interrupts (or a second passes), handles its events and
     /// any port changes. Never returns.
-    fn watch(&mut self, os: &os::KernelOs) -> ! {
-        use tether_xhci::controller::Os;
+    fn watch(&mut self) -> ! {
         loop {
-            os.wait_for_interrupt(1_000_000);
-            self.controller.process_events();
+            // Waits for the interrupt and drains the event ring, waking whichever threads wait
+            // for those completions.
+            self.controller.wait_for_events(1_000_000);
             if !self.controller.take_port_changes().is_empty() {
                 self.rescan_root_ports();
             }
@@ -226,6 +227,10 @@ impl Bus {
             product: device.product.clone(),
             driver: None,
             ep0_stall_recovered: qualifier_stall,
+            access: registry::DeviceAccess {
+                controller: self.controller.clone(),
+                device: device.clone(),
+            },
         });
         let life = Arc::new(DeviceLife {
             detached: AtomicBool::new(false),

@@ -4,11 +4,21 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use tether_usb::enumerate::UsbDevice;
 use tether_usb::speed::Speed;
+
+use super::Xhci;
 
 use crate::sync::{Mutex, WaitQueue};
 
-#[derive(Clone, Debug)]
+/// What a driver (or a test) needs to talk to a device: its controller and its descriptors.
+#[derive(Clone)]
+pub struct DeviceAccess {
+    pub controller: Xhci,
+    pub device: UsbDevice,
+}
+
+#[derive(Clone)]
 pub struct DeviceRecord {
     pub controller: String,
     /// "1-5" for root port 5 of controller 1, "1-4.1" for port 1 of the hub on root port 4.
@@ -23,6 +33,7 @@ pub struct DeviceRecord {
     /// Some(true): the device answered GET_DESCRIPTOR(device qualifier) with a protocol STALL
     /// and EP0 worked again right after.
     pub ep0_stall_recovered: Option<bool>,
+    pub access: DeviceAccess,
 }
 
 static DEVICES: Mutex<Vec<DeviceRecord>> = Mutex::new("usb.registry", Vec::new());
