@@ -9,6 +9,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod cdc;
 pub mod descriptor;
 pub mod device;
 pub mod enumerate;
