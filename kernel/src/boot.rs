@@ -13,7 +13,7 @@ use crate::sync::raw::RawSpinLock;
 use crate::{cpu, mem, pci, platform, sched, time, trace};
 
 /// Command-line keys the kernel knows; anything else gets one warning line.
-pub const KNOWN_KEYS: &[&str] = &["log", "lockcheck", "test", "smp"];
+pub const KNOWN_KEYS: &[&str] = &["log", "lockcheck", "test", "smp", "usbdrivers"];
 
 /// Boot info as handed over: reads within the first 4 GiB, which the boot page tables map.
 struct BootMemory;
@@ -150,6 +150,11 @@ fn apply_cmdline(text: &str) {
             Ok(spec) => trace::set_levels(spec),
             Err(error) => kprintln!("tether: warning: log={spec}: {error}"),
         }
+    }
+    match cmdline.bool("usbdrivers") {
+        Ok(Some(on)) => crate::usb::driver::set_binding(on),
+        Ok(None) => {}
+        Err(error) => kprintln!("tether: warning: {error}"),
     }
     match cmdline.bool("lockcheck") {
         Ok(Some(on)) => crate::sync::checker::set_enabled(on),

@@ -176,6 +176,14 @@ pub fn drive(q: &mut Instance, config: &HotplugConfig) -> Result<HotplugReport, 
         attached(l).is_some()
     })?;
     let mut ports = vec![attached(&first).expect("matched above")];
+    let receiving = |l: &str| l.contains(hotplug::DRIVER_RECEIVING);
+    let receiving_what = format!("`{}` line", hotplug::DRIVER_RECEIVING);
+    console.await_line(
+        &receiving_what,
+        boot_deadline,
+        config.boot_timeout,
+        receiving,
+    )?;
 
     thread::sleep(config.settle);
     let before = console.mem(config.step_timeout)?;
@@ -216,6 +224,14 @@ pub fn drive(q: &mut Instance, config: &HotplugConfig) -> Result<HotplugReport, 
             )
             .map_err(|e| at("replug", e))?;
         let port = attached(&line).expect("matched above");
+        console
+            .await_line(
+                &receiving_what,
+                step + config.step_timeout,
+                config.step_timeout,
+                receiving,
+            )
+            .map_err(|e| at("driver start", e))?;
         if !ports.contains(&port) {
             ports.push(port);
         }
@@ -284,7 +300,10 @@ mod tests {
         let listener = UnixListener::bind(&socket).unwrap();
         println!("tether: booted by PVH (-), command line ''");
         println!("TETHER READY cpus=2 uptime_us=28440");
-        println!("[    0.066332] INFO  usb: attached xhci1 1-5 0525:a4a2 Full CDC 'QEMU USB Network Device' (no driver)");
+        println!("[    0.066332] INFO  usb: attached xhci1 1-5 0525:a4a2 Full CDC 'QEMU USB Network Device' (cdc-ecm)");
+        println!(
+            "[    0.071000] INFO  usb::ecm: xhci1 1-5: cdc-ecm: receiving (4 transfers queued)"
+        );
 
         let (f, h) = (Arc::clone(&frames), Arc::clone(&heap));
         thread::spawn(move || {
@@ -349,6 +368,7 @@ mod tests {
                         "[    1.100000] INFO  usb: attached xhci1 1-{} 0525:a4a2 Full CDC",
                         next.max(5)
                     );
+                    println!("[    1.100100] INFO  usb::ecm: xhci1 1-{}: cdc-ecm: receiving (4 transfers queued)", next.max(5));
                 }
                 "qmp_capabilities" => send(json!({"return": {}, "id": id})),
                 other => send(

@@ -31,6 +31,10 @@ pub const QEMU_ARGS: &[&str] = &[
 ];
 /// USB vendor and product ID of QEMU's usb-net.
 pub const VID_PID: (u16, u16) = (0x0525, 0xa4a2);
+
+/// What the kernel's CDC-ECM driver prints once its receive transfers are queued: each unplug
+/// happens only after it, so every cycle pulls the device out from under transfers in flight.
+pub const DRIVER_RECEIVING: &str = "cdc-ecm: receiving";
 /// Unplug/replug cycles by default (issue 3 asks for 100 in a row).
 pub const DEFAULT_CYCLES: u32 = 100;
 /// Environment variable overriding the cycle count (`TETHER_HOTPLUG_CYCLES=5` for a quick run).

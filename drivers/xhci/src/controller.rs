@@ -1004,6 +1004,8 @@ impl<M: Mmio, R: RawLock> Controller<M, R> {
     /// The device was unplugged (or its driver gave up on it): every pending transfer on every
     /// pipe completes with `Disconnected`, the pipes refuse new submissions, Disable Slot frees
     /// the slot; rings, contexts and buffers are freed once no handle uses them.
+    /// A slot without a device means the device was released (unplugged): callers holding its
+    /// handle get `Disconnected` from then on.
     pub fn device_gone(&self, device: DeviceHandle) -> Result<(), TransferError> {
         self.inner.release(device)
     }
@@ -1330,7 +1332,7 @@ impl<M: Mmio, R: RawLock> Inner<M, R> {
             .get(usize::from(slot))
             .cloned()
             .flatten()
-            .ok_or_else(|| TransferError::Controller(format!("no device in slot {slot}")))
+            .ok_or(TransferError::Disconnected)
     }
 
     /// Endpoint state (xHCI Table 6-8) from the output Device Context.
@@ -1515,7 +1517,7 @@ impl<M: Mmio, R: RawLock> Inner<M, R> {
             devices
                 .get_mut(usize::from(slot))
                 .and_then(|d| d.take())
-                .ok_or_else(|| TransferError::Controller(format!("no device in slot {slot}")))?
+                .ok_or(TransferError::Disconnected)?
         };
         let eps = dev.all_endpoints();
         for ep in &eps {

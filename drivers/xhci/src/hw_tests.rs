@@ -1092,11 +1092,14 @@ fn release_device_frees_everything() {
     assert!(hc.log.iter().any(|l| l == "disable slot 1"));
     assert_eq!(hc.out_ctx(1), 0, "DCBAA entry cleared");
     drop(hc);
-    assert!(matches!(
-        r.ctl
-            .control_transfer(slot, get_device_descriptor(8), &mut [0; 8], 10),
-        Err(TransferError::Controller(_))
-    ));
+    assert!(
+        matches!(
+            r.ctl
+                .control_transfer(slot, get_device_descriptor(8), &mut [0; 8], 10),
+            Err(TransferError::Disconnected)
+        ),
+        "a released device's handle reports Disconnected"
+    );
     // The slot can be enumerated again.
     let again = addressed_hs(&mut r);
     assert_eq!(again, 2);

@@ -79,6 +79,8 @@ impl Receiver {
 }
 
 pub fn usb_bulk_stall() -> TestResult {
+    // This test drives the device's pipes itself.
+    usb::driver::set_binding(false);
     usb::start();
     ensure!(
         usb::registry::wait_settled(30_000_000_000),

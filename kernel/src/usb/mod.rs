@@ -4,6 +4,8 @@
 //! code over narrow traits; this module supplies DMA, MMIO mapping, time and interrupts.
 
 mod dma;
+pub mod driver;
+mod ecm;
 mod mapper;
 mod os;
 pub mod registry;
@@ -15,7 +17,6 @@ use alloc::string::String;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
 use tether_pci::PciFunction;
 
 use tether_usb::device::DeviceSummary;
@@ -25,8 +26,9 @@ use tether_usb::hub;
 use tether_usb::request::{rt, SetupPacket};
 use tether_xhci::controller::Controller;
 
+use driver::{find_driver, DeviceContext, DeviceLife};
+
 use crate::sched::{JoinHandle, Priority, Spawn};
-use crate::sync::WaitQueue;
 use crate::{cpu, pci};
 
 const CLASS_SERIAL_BUS: u8 = 0x0C;
@@ -143,12 +145,6 @@ struct AttachedDevice {
     thread: JoinHandle,
 }
 
-/// Tells a device's thread its device is gone.
-struct DeviceLife {
-    detached: AtomicBool,
-    changed: WaitQueue,
-}
-
 impl Bus {
     /// Sleeps until the controller interrupts (or a second passes), handles its events and
     /// any port changes. Never returns.
@@ -206,6 +202,7 @@ impl Bus {
     fn attach(&mut self, device: UsbDevice, tier: u8, out: &mut Vec<AttachedDevice>) {
         let summary = DeviceSummary::new(&self.name, self.number, &device, None);
         let qualifier_stall = self.check_ep0_protocol_stall(&device);
+        let driver = find_driver(&device);
         log::info!(
             "attached {} {} {:04x}:{:04x} {:?} {} '{}' ({})",
             self.name,
@@ -215,7 +212,7 @@ impl Bus {
             summary.speed,
             summary.class_name(),
             device.product.as_deref().unwrap_or("-"),
-            "no driver"
+            driver.map_or("no driver", |d| d.name())
         );
         registry::add(registry::DeviceRecord {
             controller: self.name.clone(),
@@ -225,26 +222,34 @@ impl Bus {
             product_id: summary.pid,
             class: summary.class,
             product: device.product.clone(),
-            driver: None,
+            driver: driver.map(|d| d.name()),
             ep0_stall_recovered: qualifier_stall,
             access: registry::DeviceAccess {
                 controller: self.controller.clone(),
                 device: device.clone(),
             },
         });
-        let life = Arc::new(DeviceLife {
-            detached: AtomicBool::new(false),
-            changed: WaitQueue::new(),
-        });
+        let life = DeviceLife::new();
         let thread = {
-            let life = life.clone();
+            let ctx = DeviceContext {
+                controller: self.controller.clone(),
+                device: device.clone(),
+                name: format!("{} {}", self.name, summary.port_path),
+                life: life.clone(),
+            };
             Spawn::new(format!(
                 "usb{}-{}",
                 self.number,
                 summary.port_path.split_once('-').map_or("?", |(_, p)| p)
             ))
             .priority(Priority::Driver)
-            .start(move || device_thread(life))
+            .start(move || match driver {
+                Some(driver) => driver.run(&ctx),
+                // Unbound: nothing to do until the device goes away.
+                None => {
+                    ctx.life.wait_detached(None);
+                }
+            })
         };
         let is_hub = summary.class == HUB_CLASS;
         let hub_device = is_hub.then(|| device.clone());
@@ -304,24 +309,26 @@ impl Bus {
         }
     }
 
-    /// Detaches everything under a root port, deepest first: each device's thread is told and
-    /// given a bounded time to finish, then the controller forgets the device.
+    /// Detaches everything under a root port, deepest first: the device's thread is told, the
+    /// controller fails its transfers and forgets it, and the thread gets a bounded time to end.
     fn detach_port(&mut self, port: u8) {
         let Some(mut devices) = self.attached.remove(&port) else {
             return;
         };
         while let Some(entry) = devices.pop() {
-            entry.life.detached.store(true, Ordering::Release);
-            entry.life.changed.wake_all();
+            // Marked detached first, so the driver takes the Disconnected errors that follow as
+            // the end, not a failure. device_gone fails everything pending (a driver waiting on
+            // a transfer returns at once and runs its detach), disables the slot, frees it all.
+            entry.life.detach();
+            if let Err(error) = self.controller.device_gone(entry.device.handle) {
+                log::debug!("{}: {}: {error}", self.name, entry.port_path);
+            }
             if !entry.thread.join_timeout(2_000_000_000) {
                 log::warn!(
                     "{}: {}: device thread did not finish within 2 s",
                     self.name,
                     entry.port_path
                 );
-            }
-            if let Err(error) = self.controller.release_device(entry.device.handle) {
-                log::warn!("{}: {}: release: {error}", self.name, entry.port_path);
             }
             registry::remove(&self.name, &entry.port_path);
             log::info!(
@@ -333,11 +340,4 @@ impl Bus {
             );
         }
     }
-}
-
-/// A device's own thread. Class drivers run their attach, work and detach here (straight-line,
-/// blocking code); with no driver bound it only waits for the device to go away.
-fn device_thread(life: Arc<DeviceLife>) {
-    life.changed
-        .wait_while(None, || !life.detached.load(Ordering::Acquire));
 }

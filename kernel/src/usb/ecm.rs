@@ -1,0 +1,249 @@
+//! CDC-ECM, link level: selects the ECM configuration and the data interface's alternate
+//! setting, reads the MAC, keeps several bulk IN transfers queued (QEMU's usb-net holds a
+//! single received frame) and the notification pipe armed, and follows the carrier. Frames are
+//! counted here until the network stack takes them (the netstack issue).
+
+use alloc::collections::VecDeque;
+use alloc::format;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use tether_usb::cdc::{self, Notification};
+use tether_usb::descriptor::{Direction, MacAddress, TransferType};
+use tether_usb::enumerate::{read_string, set_configuration, UsbDevice};
+use tether_usb::host::TransferError;
+use tether_usb::matching::{choose_configuration, ConfigPreference};
+use tether_usb::request::SetupPacket;
+use tether_xhci::pipe::{EndpointConfig, Pipe, PipeKind, TransferHandle};
+
+use super::driver::{DeviceContext, UsbDriver};
+
+const CDC_CLASS: u8 = 0x02;
+const ECM_SUBCLASS: u8 = 0x06;
+const DATA_CLASS: u8 = 0x0A;
+const RX_QUEUED: usize = 4;
+/// wMaxSegmentSize 1514 plus room; one frame per transfer.
+const RX_BUFFER: usize = 2048;
+
+pub static RX_FRAMES: AtomicU64 = AtomicU64::new(0);
+pub static RX_BYTES: AtomicU64 = AtomicU64::new(0);
+
+pub struct EcmDriver;
+
+/// The pieces of an ECM function found in a configuration.
+struct EcmLayout {
+    configuration: u8,
+    data_interface: u8,
+    data_alt: u8,
+    bulk_in: EndpointConfig,
+    bulk_out: EndpointConfig,
+    notify: Option<EndpointConfig>,
+    mac_string: u8,
+}
+
+fn endpoint_config(ep: &tether_usb::descriptor::Endpoint, kind: PipeKind) -> EndpointConfig {
+    EndpointConfig {
+        address: ep.address,
+        kind,
+        max_packet: ep.max_packet_size(),
+        interval: ep.interval,
+        max_burst: 0,
+    }
+}
+
+fn find_layout(device: &UsbDevice) -> Option<EcmLayout> {
+    let value = choose_configuration(
+        &device.descriptor,
+        &device.configurations,
+        ConfigPreference::Ecm,
+    )?;
+    let config = device.configuration(value)?;
+    let comm = config
+        .interfaces
+        .iter()
+        .flat_map(|i| i.alternates.iter())
+        .find(|a| a.class == CDC_CLASS && a.subclass == ECM_SUBCLASS)?;
+    let (_, slaves) = comm.cdc_union()?;
+    let data_number = *slaves.first()?;
+    let data = config.interfaces.iter().find(|i| i.number == data_number)?;
+    let data_alt = data
+        .alternates
+        .iter()
+        .find(|a| a.class == DATA_CLASS && a.endpoints.len() >= 2)?;
+    let bulk_in = data_alt.find_endpoint(TransferType::Bulk, Direction::In)?;
+    let bulk_out = data_alt.find_endpoint(TransferType::Bulk, Direction::Out)?;
+    let notify = comm.find_endpoint(TransferType::Interrupt, Direction::In);
+    Some(EcmLayout {
+        configuration: value,
+        data_interface: data_number,
+        data_alt: data_alt.alt,
+        bulk_in: endpoint_config(bulk_in, PipeKind::Bulk),
+        bulk_out: endpoint_config(bulk_out, PipeKind::Bulk),
+        notify: notify.map(|e| endpoint_config(e, PipeKind::Interrupt)),
+        mac_string: comm.cdc_ethernet().map_or(0, |e| e.mac_string_index),
+    })
+}
+
+impl UsbDriver for EcmDriver {
+    fn name(&self) -> &'static str {
+        "cdc-ecm"
+    }
+
+    fn matches(&self, device: &UsbDevice) -> bool {
+        find_layout(device).is_some()
+    }
+
+    fn run(&self, ctx: &DeviceContext) {
+        if let Err(error) = attach_and_work(ctx) {
+            if ctx.life.is_detached() {
+                log::info!("{}: cdc-ecm: stopped: device gone ({error})", ctx.name);
+            } else {
+                log::warn!("{}: cdc-ecm: {error}", ctx.name);
+                // Nothing more to do with this device until it goes away.
+                ctx.life.wait_detached(None);
+            }
+        }
+    }
+}
+
+fn attach_and_work(ctx: &DeviceContext) -> Result<(), alloc::string::String> {
+    let layout = find_layout(&ctx.device).ok_or("no ECM function")?;
+    let mut hc = ctx.controller.clone();
+    let mut endpoints = alloc::vec![layout.bulk_in, layout.bulk_out];
+    endpoints.extend(layout.notify);
+    let pipes = ctx
+        .controller
+        .configure_endpoints(ctx.device.handle, &endpoints)
+        .map_err(|e| format!("configure endpoints: {e}"))?;
+    set_configuration(&mut hc, &ctx.device, layout.configuration).map_err(|e| format!("{e}"))?;
+    hc.control_transfer(
+        ctx.device.handle,
+        SetupPacket::set_interface(layout.data_interface, layout.data_alt),
+        &mut [],
+        1000,
+    )
+    .map_err(|e| format!("SET_INTERFACE: {e}"))?;
+    let mac = read_string(
+        &mut hc,
+        ctx.device.handle,
+        layout.mac_string,
+        ctx.device.language.unwrap_or(0x0409),
+    )
+    .and_then(|s| MacAddress::parse_from_string_descriptor(&s).ok());
+    log::info!(
+        "{}: cdc-ecm: configuration {}, data interface {} alt {}, MAC {}",
+        ctx.name,
+        layout.configuration,
+        layout.data_interface,
+        layout.data_alt,
+        mac.map_or_else(
+            || alloc::string::String::from("unknown"),
+            |m| format!("{m}")
+        )
+    );
+    let bulk_in = pipes[0].clone();
+    let notify = pipes.get(2).cloned();
+    let mut rx: VecDeque<TransferHandle> = VecDeque::new();
+    let mut notification: Option<TransferHandle> = None;
+    let mut carrier = false;
+    refill(&bulk_in, &mut rx)?;
+    // The hotplug test waits for this line: from here on transfers are in flight.
+    log::info!(
+        "{}: cdc-ecm: receiving ({} transfers queued)",
+        ctx.name,
+        rx.len()
+    );
+    loop {
+        refill(&bulk_in, &mut rx)?;
+        if notification.is_none() {
+            if let Some(pipe) = &notify {
+                notification = Some(
+                    pipe.submit(pipe.alloc_buffer(16).map_err(|e| format!("{e}"))?)
+                        .map_err(|e| format!("{e}"))?,
+                );
+            }
+        }
+        // Wait for the oldest receive (completions come in order), checking the notification
+        // pipe and the device's life every 100 ms.
+        if let Some(head) = rx.front() {
+            if let Some(result) = head.poll_wait(100_000) {
+                let head = rx.pop_front().expect("head exists");
+                match result {
+                    Ok(len) => {
+                        RX_FRAMES.fetch_add(1, Ordering::Relaxed);
+                        RX_BYTES.fetch_add(len as u64, Ordering::Relaxed);
+                        drop(head);
+                    }
+                    Err(TransferError::Disconnected) => return Err("device gone".into()),
+                    Err(error) => recover(&bulk_in, &mut rx, error)?,
+                }
+            }
+        }
+        if let Some(result) = notification.as_ref().and_then(|h| h.try_result()) {
+            let handle = notification.take().expect("checked above");
+            match result {
+                Ok(len) => {
+                    let mut bytes = [0u8; 16];
+                    let len = len.min(bytes.len());
+                    handle.buffer().read(&mut bytes[..len]);
+                    match cdc::parse_notification(&bytes[..len]) {
+                        Ok(Notification::NetworkConnection(up)) if up != carrier => {
+                            carrier = up;
+                            log::info!(
+                                "{}: cdc-ecm: carrier {}",
+                                ctx.name,
+                                if up { "up" } else { "down" }
+                            );
+                        }
+                        Ok(Notification::SpeedChange {
+                            downstream,
+                            upstream,
+                        }) => {
+                            log::debug!("{}: cdc-ecm: link {downstream}/{upstream} bit/s", ctx.name)
+                        }
+                        Ok(_) => {}
+                        Err(error) => log::debug!("{}: cdc-ecm: {error}", ctx.name),
+                    }
+                }
+                Err(TransferError::Disconnected) => return Err("device gone".into()),
+                Err(error) => {
+                    log::debug!("{}: cdc-ecm: notification pipe: {error}", ctx.name);
+                    if let Some(pipe) = &notify {
+                        pipe.clear_halt()
+                            .map_err(|e| format!("notification clear_halt: {e}"))?;
+                    }
+                }
+            }
+        }
+        if ctx.life.is_detached() {
+            return Ok(());
+        }
+    }
+}
+
+fn refill(pipe: &Pipe, rx: &mut VecDeque<TransferHandle>) -> Result<(), alloc::string::String> {
+    while rx.len() < RX_QUEUED {
+        let buffer = pipe
+            .alloc_buffer(RX_BUFFER)
+            .map_err(|e| format!("RX buffer: {e}"))?;
+        match pipe.submit(buffer) {
+            Ok(handle) => rx.push_back(handle),
+            Err(TransferError::Disconnected) => return Err("device gone".into()),
+            Err(error) => return Err(format!("RX submit: {error}")),
+        }
+    }
+    Ok(())
+}
+
+/// A receive failed: the pipe halted; what was queued behind fails back with PipeHalted.
+/// Drain it, clear the halt, and carry on (frames in between are lost; TCP resends).
+fn recover(
+    pipe: &Pipe,
+    rx: &mut VecDeque<TransferHandle>,
+    error: TransferError,
+) -> Result<(), alloc::string::String> {
+    log::warn!("cdc-ecm: receive failed ({error}); clearing the halt");
+    while let Some(handle) = rx.pop_front() {
+        let _ = handle.wait(1_000_000);
+    }
+    pipe.clear_halt().map_err(|e| format!("clear_halt: {e}"))
+}
