@@ -70,7 +70,7 @@ fn execute(line: &str) {
     match words.next() {
         None => {}
         Some("help") => kprintln!(
-            "commands: help | threads | cpus | mem | usb | trace [N] | log [SPEC] | uptime\n  log SPEC sets console levels, e.g. `log warn,sched=debug`"
+            "commands: help | threads | cpus | mem | usb | pipes | trace [N] | log [SPEC] | uptime\n  log SPEC sets console levels, e.g. `log warn,sched=debug`"
         ),
         Some("threads") => {
             kprintln!("{:>4} {:<16} {:<9} {:<8} {:>3} {:>12}", "id", "name", "priority", "state", "cpu", "cpu time ms");
@@ -135,6 +135,27 @@ fn execute(line: &str) {
                     d.product.as_deref().unwrap_or("-"),
                     d.driver.unwrap_or("no driver")
                 );
+            }
+        }
+        Some("pipes") => {
+            kprintln!("{:<6} {:>4} {:>5} {:<9} {:>7} {:>9} {:>9} {:>6} {:>6} {:>12}", "ctrl", "slot", "ep", "kind", "halted", "submitted", "completed", "errors", "stalls", "bytes");
+            for (name, controller) in crate::usb::controllers() {
+                for p in controller.pipes() {
+                    let c = p.counters;
+                    kprintln!(
+                        "{:<6} {:>4} {:>#5x} {:<9} {:>7} {:>9} {:>9} {:>6} {:>6} {:>12}",
+                        name,
+                        p.slot,
+                        p.address,
+                        alloc::format!("{:?}", p.kind),
+                        p.halted,
+                        c.submitted,
+                        c.completed,
+                        c.errors,
+                        c.stalls,
+                        c.bytes
+                    );
+                }
             }
         }
         Some("uptime") => kprintln!("{} ms (booted by {})", time::now_ns() / 1_000_000, crate::boot::state().loader),

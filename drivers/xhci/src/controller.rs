@@ -463,7 +463,14 @@ impl<M: Mmio, R: RawLock> Controller<M, R> {
         let hcs1 = cap.hcsparams1.read_volatile();
         let hcs2 = cap.hcsparams2.read_volatile();
         let hcc1 = cap.hccparams1.read_volatile();
-        let version = cap.hciversion.read_volatile().get();
+        // HCIVERSION is the upper half of the capability block's first dword. Read it as a
+        // dword, as Linux does: the `xhci` crate's 16-bit read at offset 2 returns 0 on
+        // controllers (QEMU's among them) that implement only aligned dword access here.
+        // SAFETY: offset 0 of BAR0 is the CAPLENGTH/HCIVERSION dword, mapped like the rest.
+        let version =
+            (unsafe { xhci::accessor::single::ReadOnly::<u32, M>::new(mmio_base, mapper.clone()) }
+                .read_volatile()
+                >> 16) as u16;
         let max_slots = hcs1.number_of_device_slots();
         let max_ports = hcs1.number_of_ports();
         let max_interrupters = hcs1.number_of_interrupts();

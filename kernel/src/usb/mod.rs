@@ -40,6 +40,14 @@ pub type Xhci = Controller<mapper::IdentityMapper>;
 /// US English, what nearly every device offers.
 const LANGUAGE: u16 = 0x0409;
 
+static CONTROLLERS: crate::sync::Mutex<Vec<(String, Xhci)>> =
+    crate::sync::Mutex::new("usb.controllers", Vec::new());
+
+/// Every running controller, by name (for the console's `pipes` and, later, /metrics).
+pub fn controllers() -> Vec<(String, Xhci)> {
+    CONTROLLERS.lock().clone()
+}
+
 /// Starts one thread per xHCI controller found on PCI.
 pub fn start() {
     let controllers = pci::functions().iter().filter(|f| {
@@ -76,6 +84,7 @@ fn run_controller(number: usize, function: PciFunction) {
     let name = format!("xhci{number}");
     match bring_up(&name, &function) {
         Ok(controller) => {
+            CONTROLLERS.lock().push((name.clone(), controller.clone()));
             let mut bus = Bus {
                 name,
                 number: number as u8,
@@ -83,6 +92,7 @@ fn run_controller(number: usize, function: PciFunction) {
                 attached: BTreeMap::new(),
             };
             bus.rescan_root_ports();
+            bus.log_table();
             registry::controller_settled();
             bus.watch();
         }
@@ -156,6 +166,25 @@ impl Bus {
             if !self.controller.take_port_changes().is_empty() {
                 self.rescan_root_ports();
             }
+        }
+    }
+
+    /// The boot log's device table: controller, port path, speed, VID:PID, class, driver.
+    fn log_table(&self) {
+        let summaries: Vec<DeviceSummary> = self
+            .attached
+            .values()
+            .flatten()
+            .map(|d| {
+                let driver = registry::devices()
+                    .into_iter()
+                    .find(|r| r.controller == self.name && r.port_path == d.port_path)
+                    .and_then(|r| r.driver);
+                DeviceSummary::new(&self.name, self.number, &d.device, driver)
+            })
+            .collect();
+        for line in tether_usb::device::format_table(&summaries).lines() {
+            log::info!("{line}");
         }
     }
 
