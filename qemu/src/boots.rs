@@ -237,6 +237,27 @@ pub fn run_hotplug_test(kernel: &Path, settings: &BootSettings) -> TestOutcome {
     outcome.with_context(failure_context(&q, &log, &machine))
 }
 
+/// Boots the hub hotplug test ([`crate::hotplug::drive_hub`]).
+pub fn run_hub_hotplug_test(kernel: &Path, settings: &BootSettings) -> TestOutcome {
+    let name = format!("boot::{}", hotplug::HUB_NAME);
+    let mut machine = Machine::pvh(kernel, hotplug::CMDLINE);
+    machine
+        .extra_args
+        .extend(hotplug::HUB_QEMU_ARGS.iter().map(|a| a.to_string()));
+    machine.qmp = Some(settings.qmp_socket(hotplug::HUB_NAME));
+    let (mut q, log) = match settings.spawn(hotplug::HUB_NAME, &machine) {
+        Ok(spawned) => spawned,
+        Err(failure) => return TestOutcome { name, ..failure },
+    };
+    let result = crate::hotplug::drive_hub(&mut q, &HotplugConfig::with_cycles(1));
+    q.kill();
+    let outcome = match result {
+        Ok(summary) => TestOutcome::pass(&name, summary),
+        Err(reason) => TestOutcome::fail(&name, reason),
+    };
+    outcome.with_context(failure_context(&q, &log, &machine))
+}
+
 /// Boots the ISO through one firmware to the ready line. `iso` is the ISO's path, or why
 /// there is none.
 pub fn run_iso_boot(

@@ -37,6 +37,7 @@ enum BootJob<'a> {
     KtestSuite,
     Single(&'a BootTest),
     Hotplug,
+    HubHotplug,
     Iso(&'a IsoBoot),
 }
 
@@ -46,6 +47,7 @@ impl BootJob<'_> {
             BootJob::KtestSuite => "ktest_suite",
             BootJob::Single(test) => test.name,
             BootJob::Hotplug => hotplug::NAME,
+            BootJob::HubHotplug => hotplug::HUB_NAME,
             BootJob::Iso(boot) => boot.name,
         }
     }
@@ -122,6 +124,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
     let mut shared: Vec<BootJob> = BOOT_TESTS.iter().map(BootJob::Single).collect();
     if HOTPLUG_TEST_ENABLED {
         shared.push(BootJob::Hotplug);
+        shared.push(BootJob::HubHotplug);
     }
     shared.extend(ISO_BOOTS.iter().map(BootJob::Iso));
     if let Some(filter) = &options.filter {
@@ -142,6 +145,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
         BootJob::KtestSuite => boots::run_ktest_suite(kernel, &settings),
         BootJob::Single(test) => vec![boots::run_boot_test(kernel, test, &settings)],
         BootJob::Hotplug => vec![boots::run_hotplug_test(kernel, &settings)],
+        BootJob::HubHotplug => vec![boots::run_hub_hotplug_test(kernel, &settings)],
         BootJob::Iso(boot) => vec![boots::run_iso_boot(iso, boot, &settings)],
     };
     let mut report = |outcomes: Vec<TestOutcome>| {

@@ -59,7 +59,7 @@ pub trait UsbDriver: Sync {
     fn run(&self, ctx: &DeviceContext);
 }
 
-static DRIVERS: &[&dyn UsbDriver] = &[&super::ecm::EcmDriver];
+static DRIVERS: &[&dyn UsbDriver] = &[&super::ecm::EcmDriver, &super::hubdriver::HubDriver];
 static BINDING: AtomicBool = AtomicBool::new(true);
 
 /// Whether class drivers bind to new devices (`usbdrivers=off` on the command line, or a test

@@ -6,6 +6,7 @@
 mod dma;
 pub mod driver;
 mod ecm;
+mod hubdriver;
 mod mapper;
 mod os;
 pub mod registry;
@@ -39,6 +40,9 @@ const HUB_CLASS: u8 = 0x09;
 pub type Xhci = Controller<mapper::IdentityMapper>;
 /// US English, what nearly every device offers.
 const LANGUAGE: u16 = 0x0409;
+
+/// Port changes that hubs' threads report, for the bus threads.
+pub(crate) static HUB_EVENTS: hubdriver::HubEvents = hubdriver::HubEvents::new();
 
 static CONTROLLERS: crate::sync::Mutex<Vec<(String, Xhci)>> =
     crate::sync::Mutex::new("usb.controllers", Vec::new());
@@ -153,6 +157,8 @@ struct AttachedDevice {
     port_path: String,
     life: Arc<DeviceLife>,
     thread: JoinHandle,
+    /// For a hub: its state after bring-up, to handle its ports later.
+    hub: Option<hub::Hub>,
 }
 
 impl Bus {
@@ -162,7 +168,12 @@ impl Bus {
         loop {
             // Waits for the interrupt and drains the event ring, waking whichever threads wait
             // for those completions.
-            self.controller.wait_for_events(1_000_000);
+            // A quarter second at most: hub port changes arrive through HUB_EVENTS, which
+            // does not interrupt this wait.
+            self.controller.wait_for_events(250_000);
+            for (hub_path, port) in HUB_EVENTS.take_for(self.number) {
+                self.hub_port_changed(&hub_path, port);
+            }
             if !self.controller.take_port_changes().is_empty() {
                 self.rescan_root_ports();
             }
@@ -282,11 +293,13 @@ impl Bus {
         };
         let is_hub = summary.class == HUB_CLASS;
         let hub_device = is_hub.then(|| device.clone());
+        let index = out.len();
         out.push(AttachedDevice {
             device,
             port_path: summary.port_path,
             life,
             thread,
+            hub: None,
         });
         let Some(hub_device) = hub_device.filter(|_| tier <= 5) else {
             return;
@@ -299,12 +312,69 @@ impl Bus {
                 return;
             }
         };
+        out[index].hub = Some(hub.clone());
         for (port, event) in hub::scan_ports(&mut self.controller, &hub, LANGUAGE, &mut delay) {
             match event {
                 Ok(hub::PortEvent::Attached(child)) => self.attach(child, tier + 1, out),
                 Ok(_) => {}
                 Err(error) => log::warn!("{}: hub port {port}: {error}", self.name),
             }
+        }
+    }
+
+    /// A hub reported a change on one of its ports (through its status endpoint): whatever was
+    /// there is detached (with anything behind it), and a device now connected is enumerated.
+    fn hub_port_changed(&mut self, hub_path: &str, port: u8) {
+        let Some((&root, devices)) = self
+            .attached
+            .iter()
+            .find(|(_, d)| d.iter().any(|e| e.port_path == hub_path))
+        else {
+            return;
+        };
+        let Some(hub_entry) = devices.iter().find(|e| e.port_path == hub_path) else {
+            return;
+        };
+        let Some(hub) = hub_entry.hub.clone() else {
+            return;
+        };
+        let tier = hub_path.matches('.').count() as u8 + 1;
+        let child_path = format!("{hub_path}.{port}");
+        let mut delay = |ms: u32| crate::sched::sleep_ms(u64::from(ms));
+        let event = hub::handle_port(&mut self.controller, &hub, port, LANGUAGE, &mut delay);
+        match event {
+            // A (re)connection: whatever was known there is gone; the new device takes its place.
+            Ok(hub::PortEvent::Attached(child)) => {
+                self.detach_subtree(root, &child_path);
+                let mut added = Vec::new();
+                self.attach(child, tier + 1, &mut added);
+                if let Some(devices) = self.attached.get_mut(&root) {
+                    devices.extend(added);
+                }
+            }
+            Ok(hub::PortEvent::Detached | hub::PortEvent::Empty) => {
+                self.detach_subtree(root, &child_path)
+            }
+            // Still there (a stale or repeated report), or an over-current the hub handles.
+            Ok(_) => {}
+            Err(error) => log::warn!("{}: hub {hub_path} port {port}: {error}", self.name),
+        }
+    }
+
+    /// Detaches the device at `path` under root port `root` and everything behind it.
+    fn detach_subtree(&mut self, root: u8, path: &str) {
+        let Some(devices) = self.attached.get_mut(&root) else {
+            return;
+        };
+        let below = format!("{path}.");
+        let (mut gone, kept): (Vec<_>, Vec<_>) = core::mem::take(devices)
+            .into_iter()
+            .partition(|e| e.port_path == path || e.port_path.starts_with(&below));
+        *devices = kept;
+        // Deepest first.
+        gone.sort_by_key(|e| core::cmp::Reverse(e.port_path.len()));
+        for entry in gone {
+            self.detach_entry(entry);
         }
     }
 
@@ -345,28 +415,34 @@ impl Bus {
             return;
         };
         while let Some(entry) = devices.pop() {
-            // Marked detached first, so the driver takes the Disconnected errors that follow as
-            // the end, not a failure. device_gone fails everything pending (a driver waiting on
-            // a transfer returns at once and runs its detach), disables the slot, frees it all.
-            entry.life.detach();
-            if let Err(error) = self.controller.device_gone(entry.device.handle) {
-                log::debug!("{}: {}: {error}", self.name, entry.port_path);
-            }
-            if !entry.thread.join_timeout(2_000_000_000) {
-                log::warn!(
-                    "{}: {}: device thread did not finish within 2 s",
-                    self.name,
-                    entry.port_path
-                );
-            }
-            registry::remove(&self.name, &entry.port_path);
-            log::info!(
-                "detached {} {} {:04x}:{:04x}",
+            self.detach_entry(entry);
+        }
+    }
+
+    /// The device's thread is told, the controller fails its transfers and forgets it, and the
+    /// thread gets a bounded time to end.
+    fn detach_entry(&mut self, entry: AttachedDevice) {
+        // Marked detached first, so the driver takes the Disconnected errors that follow as
+        // the end, not a failure. device_gone fails everything pending (a driver waiting on
+        // a transfer returns at once and runs its detach), disables the slot, frees it all.
+        entry.life.detach();
+        if let Err(error) = self.controller.device_gone(entry.device.handle) {
+            log::debug!("{}: {}: {error}", self.name, entry.port_path);
+        }
+        if !entry.thread.join_timeout(2_000_000_000) {
+            log::warn!(
+                "{}: {}: device thread did not finish within 2 s",
                 self.name,
-                entry.port_path,
-                entry.device.descriptor.vendor,
-                entry.device.descriptor.product
+                entry.port_path
             );
         }
+        registry::remove(&self.name, &entry.port_path);
+        log::info!(
+            "detached {} {} {:04x}:{:04x}",
+            self.name,
+            entry.port_path,
+            entry.device.descriptor.vendor,
+            entry.device.descriptor.product
+        );
     }
 }
