@@ -94,6 +94,25 @@ pub fn device_add_text() -> String {
     text
 }
 
+/// The hub hotplug test: a hub (root port 4 of the USB 2 range, so port path 1-8) with a mouse
+/// behind it; a keyboard is plugged into hub port 2 and pulled at run time, then the hub itself.
+pub const HUB_NAME: &str = "hub_hotplug";
+/// The hub test's machine.
+pub const HUB_QEMU_ARGS: &[&str] = &[
+    "-device",
+    "qemu-xhci,id=xhci",
+    "-device",
+    "usb-hub,bus=xhci.0,port=4,id=hub0",
+    "-device",
+    "usb-mouse,bus=xhci.0,port=4.1",
+];
+/// Port paths the kernel gives them (the hub's port 4 is root port 8: ports 5-8 are USB 2).
+pub const HUB_PATH: &str = "1-8";
+/// The mouse behind the hub.
+pub const HUB_MOUSE_PATH: &str = "1-8.1";
+/// The keyboard plugged into hub port 2 at run time.
+pub const HUB_KEYBOARD_PATH: &str = "1-8.2";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,22 +154,3 @@ mod tests {
         assert!(QEMU_ARGS.contains(&device_add_text().as_str()));
     }
 }
-
-/// The hub hotplug test: a hub (root port 4 of the USB 2 range, so port path 1-8) with a mouse
-/// behind it; a keyboard is plugged into hub port 2 and pulled at run time, then the hub itself.
-pub const HUB_NAME: &str = "hub_hotplug";
-/// The hub test's machine.
-pub const HUB_QEMU_ARGS: &[&str] = &[
-    "-device",
-    "qemu-xhci,id=xhci",
-    "-device",
-    "usb-hub,bus=xhci.0,port=4,id=hub0",
-    "-device",
-    "usb-mouse,bus=xhci.0,port=4.1",
-];
-/// Port paths the kernel gives them (the hub's port 4 is root port 8: ports 5-8 are USB 2).
-pub const HUB_PATH: &str = "1-8";
-/// The mouse behind the hub.
-pub const HUB_MOUSE_PATH: &str = "1-8.1";
-/// The keyboard plugged into hub port 2 at run time.
-pub const HUB_KEYBOARD_PATH: &str = "1-8.2";
