@@ -214,42 +214,46 @@ pub fn run_boot_test(kernel: &Path, test: &BootTest, settings: &BootSettings) ->
 /// one qemu-xhci + usb-net and a QMP socket, then unplug/replug cycles through QMP
 /// ([`crate::hotplug::drive`]); `TETHER_HOTPLUG_CYCLES` overrides the cycle count.
 pub fn run_hotplug_test(kernel: &Path, settings: &BootSettings) -> TestOutcome {
-    let name = format!("boot::{}", hotplug::NAME);
     let cycles = match hotplug::cycles(std::env::var(hotplug::CYCLES_ENV).ok().as_deref()) {
         Ok(cycles) => cycles,
-        Err(reason) => return TestOutcome::fail(name, reason),
+        Err(reason) => return TestOutcome::fail(format!("boot::{}", hotplug::NAME), reason),
     };
-    let mut machine = Machine::pvh(kernel, hotplug::CMDLINE);
-    machine
-        .extra_args
-        .extend(hotplug::QEMU_ARGS.iter().map(|a| a.to_string()));
-    machine.qmp = Some(settings.qmp_socket(hotplug::NAME));
-    let (mut q, log) = match settings.spawn(hotplug::NAME, &machine) {
-        Ok(spawned) => spawned,
-        Err(failure) => return TestOutcome { name, ..failure },
-    };
-    let result = crate::hotplug::drive(&mut q, &HotplugConfig::with_cycles(cycles));
-    q.kill();
-    let outcome = match result {
-        Ok(report) => TestOutcome::pass(&name, report.summary()),
-        Err(reason) => TestOutcome::fail(&name, reason),
-    };
-    outcome.with_context(failure_context(&q, &log, &machine))
+    run_with_qmp(kernel, settings, hotplug::NAME, hotplug::QEMU_ARGS, |q| {
+        crate::hotplug::drive(q, &HotplugConfig::with_cycles(cycles)).map(|report| report.summary())
+    })
 }
 
 /// Boots the hub hotplug test ([`crate::hotplug::drive_hub`]).
 pub fn run_hub_hotplug_test(kernel: &Path, settings: &BootSettings) -> TestOutcome {
-    let name = format!("boot::{}", hotplug::HUB_NAME);
+    run_with_qmp(
+        kernel,
+        settings,
+        hotplug::HUB_NAME,
+        hotplug::HUB_QEMU_ARGS,
+        |q| crate::hotplug::drive_hub(q, &HotplugConfig::with_cycles(1)),
+    )
+}
+
+/// A normal boot (no `test=`) with extra QEMU arguments and a QMP socket, handed to `drive`,
+/// whose `Ok` text is the pass summary and whose `Err` the failure.
+fn run_with_qmp(
+    kernel: &Path,
+    settings: &BootSettings,
+    test: &str,
+    qemu_args: &[&str],
+    drive: impl FnOnce(&mut Instance) -> Result<String, String>,
+) -> TestOutcome {
+    let name = format!("boot::{test}");
     let mut machine = Machine::pvh(kernel, hotplug::CMDLINE);
     machine
         .extra_args
-        .extend(hotplug::HUB_QEMU_ARGS.iter().map(|a| a.to_string()));
-    machine.qmp = Some(settings.qmp_socket(hotplug::HUB_NAME));
-    let (mut q, log) = match settings.spawn(hotplug::HUB_NAME, &machine) {
+        .extend(qemu_args.iter().map(|a| a.to_string()));
+    machine.qmp = Some(settings.qmp_socket(test));
+    let (mut q, log) = match settings.spawn(test, &machine) {
         Ok(spawned) => spawned,
         Err(failure) => return TestOutcome { name, ..failure },
     };
-    let result = crate::hotplug::drive_hub(&mut q, &HotplugConfig::with_cycles(1));
+    let result = drive(&mut q);
     q.kill();
     let outcome = match result {
         Ok(summary) => TestOutcome::pass(&name, summary),
