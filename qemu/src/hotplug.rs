@@ -266,6 +266,85 @@ pub fn drive(q: &mut Instance, config: &HotplugConfig) -> Result<HotplugReport, 
     })
 }
 
+/// The hub hotplug test on a booting instance (machine from `hotplug::HUB_QEMU_ARGS`, with QMP):
+/// the hub and its mouse come up; a keyboard plugged into hub port 2 at run time is attached
+/// behind the hub (found through the hub's status endpoint) and detached when pulled; pulling
+/// the hub detaches the mouse behind it and then the hub.
+pub fn drive_hub(q: &mut Instance, config: &HotplugConfig) -> Result<String, String> {
+    let boot_deadline = q.spawned_at() + config.boot_timeout;
+    let mut qmp: Qmp = q
+        .connect_qmp(config.step_timeout.min(config.boot_timeout))
+        .map_err(|e| format!("{e:#}"))?;
+    let mut console = Console { q, cursor: 0 };
+    let event = |kind: UsbEventKind, path: &'static str| {
+        move |line: &str| {
+            protocol::parse_usb_event(line).is_some_and(|e| e.kind == kind && e.port_path == path)
+        }
+    };
+    let what = |kind: &str, path: &str| format!("`usb: {kind} ... {path}` line");
+    console.await_line(
+        &what("attached", hotplug::HUB_MOUSE_PATH),
+        boot_deadline,
+        config.boot_timeout,
+        event(UsbEventKind::Attached, hotplug::HUB_MOUSE_PATH),
+    )?;
+    let step = |what: &str| {
+        (
+            Instant::now() + config.step_timeout,
+            config.step_timeout,
+            what.to_string(),
+        )
+    };
+
+    let started = Instant::now();
+    qmp.device_add(
+        "usb-kbd",
+        &[("bus", "xhci.0"), ("port", "4.2"), ("id", "hubkbd")],
+    )
+    .map_err(|e| format!("device_add usb-kbd: {e}"))?;
+    let (deadline, timeout, w) = step(&what("attached", hotplug::HUB_KEYBOARD_PATH));
+    console.await_line(
+        &w,
+        deadline,
+        timeout,
+        event(UsbEventKind::Attached, hotplug::HUB_KEYBOARD_PATH),
+    )?;
+    let attach_time = started.elapsed();
+
+    qmp.device_del("hubkbd")
+        .map_err(|e| format!("device_del hubkbd: {e}"))?;
+    let (deadline, timeout, w) = step(&what("detached", hotplug::HUB_KEYBOARD_PATH));
+    console.await_line(
+        &w,
+        deadline,
+        timeout,
+        event(UsbEventKind::Detached, hotplug::HUB_KEYBOARD_PATH),
+    )?;
+
+    qmp.device_del("hub0")
+        .map_err(|e| format!("device_del hub0: {e}"))?;
+    let (deadline, timeout, w) = step(&what("detached", hotplug::HUB_MOUSE_PATH));
+    console.await_line(
+        &w,
+        deadline,
+        timeout,
+        event(UsbEventKind::Detached, hotplug::HUB_MOUSE_PATH),
+    )?;
+    let (deadline, timeout, w) = step(&what("detached", hotplug::HUB_PATH));
+    console.await_line(
+        &w,
+        deadline,
+        timeout,
+        event(UsbEventKind::Detached, hotplug::HUB_PATH),
+    )?;
+    Ok(format!(
+        "keyboard on hub port 2 attached {:.0} ms after device_add, detached; hub removal detached {} then {}",
+        attach_time.as_secs_f64() * 1000.0,
+        hotplug::HUB_MOUSE_PATH,
+        hotplug::HUB_PATH
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     //! The driver against a fake QEMU: this test binary itself, started again to run only
@@ -475,83 +554,4 @@ mod tests {
         );
         assert!(error.contains("double free"), "{error}");
     }
-}
-
-/// The hub hotplug test on a booting instance (machine from `hotplug::HUB_QEMU_ARGS`, with QMP):
-/// the hub and its mouse come up; a keyboard plugged into hub port 2 at run time is attached
-/// behind the hub (found through the hub's status endpoint) and detached when pulled; pulling
-/// the hub detaches the mouse behind it and then the hub.
-pub fn drive_hub(q: &mut Instance, config: &HotplugConfig) -> Result<String, String> {
-    let boot_deadline = q.spawned_at() + config.boot_timeout;
-    let mut qmp: Qmp = q
-        .connect_qmp(config.step_timeout.min(config.boot_timeout))
-        .map_err(|e| format!("{e:#}"))?;
-    let mut console = Console { q, cursor: 0 };
-    let event = |kind: UsbEventKind, path: &'static str| {
-        move |line: &str| {
-            protocol::parse_usb_event(line).is_some_and(|e| e.kind == kind && e.port_path == path)
-        }
-    };
-    let what = |kind: &str, path: &str| format!("`usb: {kind} ... {path}` line");
-    console.await_line(
-        &what("attached", hotplug::HUB_MOUSE_PATH),
-        boot_deadline,
-        config.boot_timeout,
-        event(UsbEventKind::Attached, hotplug::HUB_MOUSE_PATH),
-    )?;
-    let step = |what: &str| {
-        (
-            Instant::now() + config.step_timeout,
-            config.step_timeout,
-            what.to_string(),
-        )
-    };
-
-    let started = Instant::now();
-    qmp.device_add(
-        "usb-kbd",
-        &[("bus", "xhci.0"), ("port", "4.2"), ("id", "hubkbd")],
-    )
-    .map_err(|e| format!("device_add usb-kbd: {e}"))?;
-    let (deadline, timeout, w) = step(&what("attached", hotplug::HUB_KEYBOARD_PATH));
-    console.await_line(
-        &w,
-        deadline,
-        timeout,
-        event(UsbEventKind::Attached, hotplug::HUB_KEYBOARD_PATH),
-    )?;
-    let attach_time = started.elapsed();
-
-    qmp.device_del("hubkbd")
-        .map_err(|e| format!("device_del hubkbd: {e}"))?;
-    let (deadline, timeout, w) = step(&what("detached", hotplug::HUB_KEYBOARD_PATH));
-    console.await_line(
-        &w,
-        deadline,
-        timeout,
-        event(UsbEventKind::Detached, hotplug::HUB_KEYBOARD_PATH),
-    )?;
-
-    qmp.device_del("hub0")
-        .map_err(|e| format!("device_del hub0: {e}"))?;
-    let (deadline, timeout, w) = step(&what("detached", hotplug::HUB_MOUSE_PATH));
-    console.await_line(
-        &w,
-        deadline,
-        timeout,
-        event(UsbEventKind::Detached, hotplug::HUB_MOUSE_PATH),
-    )?;
-    let (deadline, timeout, w) = step(&what("detached", hotplug::HUB_PATH));
-    console.await_line(
-        &w,
-        deadline,
-        timeout,
-        event(UsbEventKind::Detached, hotplug::HUB_PATH),
-    )?;
-    Ok(format!(
-        "keyboard on hub port 2 attached {:.0} ms after device_add, detached; hub removal detached {} then {}",
-        attach_time.as_secs_f64() * 1000.0,
-        hotplug::HUB_MOUSE_PATH,
-        hotplug::HUB_PATH
-    ))
 }
