@@ -19,6 +19,7 @@ pub mod host;
 pub mod hub;
 pub mod matching;
 pub mod request;
+pub mod rndis;
 pub mod speed;
 
 #[cfg(test)]
