@@ -70,7 +70,7 @@ fn execute(line: &str) {
     match words.next() {
         None => {}
         Some("help") => kprintln!(
-            "commands: help | threads | cpus | mem | usb | pipes | trace [N] | log [SPEC] | uptime\n  log SPEC sets console levels, e.g. `log warn,sched=debug`"
+            "commands: help | threads | cpus | mem | ifconfig | usb | pipes | trace [N] | log [SPEC] | uptime\n  log SPEC sets console levels, e.g. `log warn,sched=debug`"
         ),
         Some("threads") => {
             kprintln!("{:>4} {:<16} {:<9} {:<8} {:>3} {:>12}", "id", "name", "priority", "state", "cpu", "cpu time ms");
@@ -156,6 +156,19 @@ fn execute(line: &str) {
                         c.bytes
                     );
                 }
+            }
+        }
+        Some("ifconfig") => {
+            for nic in crate::net::interfaces() {
+                let c = &nic.counters;
+                let m = nic.mac;
+                kprintln!(
+                    "{}: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} carrier {}\n  rx {} frames {} bytes, {} dropped (queue full)\n  tx {} frames {} bytes, {} dropped",
+                    nic.name, m[0], m[1], m[2], m[3], m[4], m[5],
+                    if nic.carrier.load(Ordering::Relaxed) { "up" } else { "down" },
+                    c.rx_frames.load(Ordering::Relaxed), c.rx_bytes.load(Ordering::Relaxed), c.rx_dropped_queue_full.load(Ordering::Relaxed),
+                    c.tx_frames.load(Ordering::Relaxed), c.tx_bytes.load(Ordering::Relaxed), c.tx_dropped.load(Ordering::Relaxed)
+                );
             }
         }
         Some("uptime") => kprintln!("{} ms (booted by {})", time::now_ns() / 1_000_000, crate::boot::state().loader),

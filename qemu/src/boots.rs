@@ -262,6 +262,87 @@ fn run_with_qmp(
     outcome.with_context(failure_context(&q, &log, &machine))
 }
 
+/// Boots with usb-net and user networking forwarding a free loopback port to the echo
+/// service, sends `net::ECHO_BYTES` random bytes and compares what comes back.
+pub fn run_net_echo_test(kernel: &Path, settings: &BootSettings) -> TestOutcome {
+    use std::io::{Read, Write};
+    use tether_tests::net;
+    let name = format!("net::{}", net::ECHO_NAME);
+    let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(addr) => addr.port(),
+        Err(e) => return TestOutcome::fail(name, format!("no free loopback port: {e}")),
+    };
+    let mut machine = Machine::pvh(kernel, "");
+    machine.extra_args.extend(net::echo_machine_args(port));
+    let (mut q, log) = match settings.spawn(net::ECHO_NAME, &machine) {
+        Ok(spawned) => spawned,
+        Err(failure) => return TestOutcome { name, ..failure },
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let result = (|| -> Result<String, String> {
+        match q.wait_for(deadline, |l| l.contains(net::INTERFACE_UP)) {
+            Wait::Found(_) => {}
+            Wait::Exited(status) => {
+                return Err(format!("QEMU exited: {}", KernelExit::from_status(status)))
+            }
+            Wait::TimedOut => return Err(format!("no `{}` line within 60 s", net::INTERFACE_UP)),
+        }
+        // Random bytes from a seeded xorshift: reproducible, incompressible.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(port);
+        let data: Vec<u8> = (0..net::ECHO_BYTES)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+            .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let mut reader = stream.try_clone().map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let expected = data.len();
+        let receiver = std::thread::spawn(move || {
+            let mut got = Vec::with_capacity(expected);
+            let mut buf = vec![0u8; 64 * 1024];
+            while got.len() < expected {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => return Err(format!("read after {} bytes: {e}", got.len())),
+                }
+            }
+            Ok(got)
+        });
+        stream.write_all(&data).map_err(|e| format!("write: {e}"))?;
+        let got = receiver
+            .join()
+            .map_err(|_| "reader panicked".to_string())??;
+        let seconds = started.elapsed().as_secs_f64();
+        if got.len() != data.len() {
+            return Err(format!("echoed {} of {} bytes", got.len(), data.len()));
+        }
+        if let Some(at) = got.iter().zip(&data).position(|(a, b)| a != b) {
+            return Err(format!("echoed bytes differ from byte {at}"));
+        }
+        Ok(format!(
+            "{} MiB echoed byte for byte in {:.2} s ({:.0} Mbit/s each way)",
+            data.len() >> 20,
+            seconds,
+            data.len() as f64 * 8.0 / seconds / 1e6
+        ))
+    })();
+    q.kill();
+    let outcome = match result {
+        Ok(summary) => TestOutcome::pass(&name, summary),
+        Err(reason) => TestOutcome::fail(&name, reason),
+    };
+    outcome.with_context(failure_context(&q, &log, &machine))
+}
+
 /// Boots the ISO through one firmware to the ready line. `iso` is the ISO's path, or why
 /// there is none.
 pub fn run_iso_boot(

@@ -38,6 +38,7 @@ enum BootJob<'a> {
     Single(&'a BootTest),
     Hotplug,
     HubHotplug,
+    NetEcho,
     Iso(&'a IsoBoot),
 }
 
@@ -48,6 +49,7 @@ impl BootJob<'_> {
             BootJob::Single(test) => test.name,
             BootJob::Hotplug => hotplug::NAME,
             BootJob::HubHotplug => hotplug::HUB_NAME,
+            BootJob::NetEcho => tether_tests::net::ECHO_NAME,
             BootJob::Iso(boot) => boot.name,
         }
     }
@@ -126,6 +128,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
         shared.push(BootJob::Hotplug);
         shared.push(BootJob::HubHotplug);
     }
+    shared.push(BootJob::NetEcho);
     shared.extend(ISO_BOOTS.iter().map(BootJob::Iso));
     if let Some(filter) = &options.filter {
         alone.retain(|job| job.name().contains(filter.as_str()));
@@ -146,6 +149,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
         BootJob::Single(test) => vec![boots::run_boot_test(kernel, test, &settings)],
         BootJob::Hotplug => vec![boots::run_hotplug_test(kernel, &settings)],
         BootJob::HubHotplug => vec![boots::run_hub_hotplug_test(kernel, &settings)],
+        BootJob::NetEcho => vec![boots::run_net_echo_test(kernel, &settings)],
         BootJob::Iso(boot) => vec![boots::run_iso_boot(iso, boot, &settings)],
     };
     let mut report = |outcomes: Vec<TestOutcome>| {

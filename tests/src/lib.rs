@@ -13,5 +13,6 @@
 
 pub mod boot_tests;
 pub mod hotplug;
+pub mod net;
 pub mod protocol;
 pub mod suites;

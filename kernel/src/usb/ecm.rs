@@ -1,7 +1,8 @@
-//! CDC-ECM, link level: selects the ECM configuration and the data interface's alternate
-//! setting, reads the MAC, keeps several bulk IN transfers queued (QEMU's usb-net holds a
-//! single received frame) and the notification pipe armed, and follows the carrier. Frames are
-//! counted here until the network stack takes them (the netstack issue).
+//! CDC-ECM: selects the ECM configuration and the data interface's alternate setting, reads the
+//! MAC, keeps several bulk IN transfers queued (QEMU's usb-net holds a single received frame)
+//! and the notification pipe armed, follows the carrier, and is a network interface: received
+//! frames go to the stack's queue, frames to send go out on bulk OUT (with a zero-length packet
+//! after a multiple of the endpoint's packet size, the ECM rule).
 
 use alloc::collections::VecDeque;
 use alloc::format;
@@ -16,6 +17,8 @@ use tether_usb::request::SetupPacket;
 use tether_xhci::pipe::{EndpointConfig, Pipe, PipeKind, TransferHandle};
 
 use super::driver::{DeviceContext, UsbDriver};
+use crate::net::{self, Nic, Transmit};
+use crate::sync::Mutex;
 
 const CDC_CLASS: u8 = 0x02;
 const ECM_SUBCLASS: u8 = 0x06;
@@ -24,8 +27,63 @@ const RX_QUEUED: usize = 4;
 /// wMaxSegmentSize 1514 plus room; one frame per transfer.
 const RX_BUFFER: usize = 2048;
 
-pub static RX_FRAMES: AtomicU64 = AtomicU64::new(0);
-pub static RX_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Frames queued to the device and not yet completed, at most (the bounded TX queue).
+const TX_IN_FLIGHT: usize = 32;
+/// Received frames waiting for the network thread, at most.
+const RX_QUEUE: usize = 64;
+
+/// The transmit side: bulk OUT transfers in flight, reaped as they complete.
+struct EcmTx {
+    pipe: Pipe,
+    max_packet: usize,
+    in_flight: Mutex<VecDeque<TransferHandle>>,
+    errors: AtomicU64,
+}
+
+impl EcmTx {
+    fn reap(&self, queue: &mut VecDeque<TransferHandle>) {
+        while let Some(result) = queue.front().and_then(|h| h.try_result()) {
+            queue.pop_front();
+            if let Err(error) = result {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                if self.pipe.is_halted() && !matches!(error, TransferError::Disconnected) {
+                    let _ = self.pipe.clear_halt();
+                }
+            }
+        }
+    }
+}
+
+impl Transmit for EcmTx {
+    fn transmit(&self, frame: &[u8]) -> Result<(), &'static str> {
+        let mut queue = self.in_flight.lock();
+        self.reap(&mut queue);
+        if queue.len() >= TX_IN_FLIGHT {
+            if let Some(oldest) = queue.front() {
+                oldest.poll_wait(100_000);
+            }
+            self.reap(&mut queue);
+            if queue.len() >= TX_IN_FLIGHT {
+                return Err("transmit queue full");
+            }
+        }
+        let buffer = self
+            .pipe
+            .alloc_buffer(frame.len())
+            .map_err(|_| "no DMA memory")?;
+        buffer.write(frame);
+        queue.push_back(self.pipe.submit(buffer).map_err(|_| "submit refused")?);
+        if frame.len().is_multiple_of(self.max_packet) {
+            let zlp = self
+                .pipe
+                .alloc_buffer(1)
+                .map_err(|_| "no DMA memory")?
+                .with_len(0);
+            queue.push_back(self.pipe.submit(zlp).map_err(|_| "submit refused")?);
+        }
+        Ok(())
+    }
+}
 
 pub struct EcmDriver;
 
@@ -93,7 +151,12 @@ impl UsbDriver for EcmDriver {
     }
 
     fn run(&self, ctx: &DeviceContext) {
-        if let Err(error) = attach_and_work(ctx) {
+        let mut nic = None;
+        let result = attach_and_work(ctx, &mut nic);
+        if let Some(nic) = nic {
+            nic.detach();
+        }
+        if let Err(error) = result {
             if ctx.life.is_detached() {
                 log::info!("{}: cdc-ecm: stopped: device gone ({error})", ctx.name);
             } else {
@@ -105,7 +168,10 @@ impl UsbDriver for EcmDriver {
     }
 }
 
-fn attach_and_work(ctx: &DeviceContext) -> Result<(), alloc::string::String> {
+fn attach_and_work(
+    ctx: &DeviceContext,
+    nic_slot: &mut Option<alloc::sync::Arc<Nic>>,
+) -> Result<(), alloc::string::String> {
     let layout = find_layout(&ctx.device).ok_or("no ECM function")?;
     let mut hc = ctx.controller.clone();
     let mut endpoints = alloc::vec![layout.bulk_in, layout.bulk_out];
@@ -141,6 +207,20 @@ fn attach_and_work(ctx: &DeviceContext) -> Result<(), alloc::string::String> {
         )
     );
     let bulk_in = pipes[0].clone();
+    let tx = alloc::sync::Arc::new(EcmTx {
+        pipe: pipes[1].clone(),
+        max_packet: usize::from(layout.bulk_out.max_packet.max(1)),
+        in_flight: Mutex::new("ecm.tx", VecDeque::new()),
+        errors: AtomicU64::new(0),
+    });
+    let nic = Nic::new(
+        net::next_name(),
+        mac.map_or([0x52, 0x54, 0, 0x12, 0x34, 0x56], |m| m.0),
+        RX_QUEUE,
+        tx,
+    );
+    *nic_slot = Some(nic.clone());
+    net::attach(nic.clone());
     let notify = pipes.get(2).cloned();
     let mut rx: VecDeque<TransferHandle> = VecDeque::new();
     let mut notification: Option<TransferHandle> = None;
@@ -169,9 +249,9 @@ fn attach_and_work(ctx: &DeviceContext) -> Result<(), alloc::string::String> {
                 let head = rx.pop_front().expect("head exists");
                 match result {
                     Ok(len) => {
-                        RX_FRAMES.fetch_add(1, Ordering::Relaxed);
-                        RX_BYTES.fetch_add(len as u64, Ordering::Relaxed);
-                        drop(head);
+                        let mut frame = alloc::vec![0u8; len];
+                        head.buffer().read(&mut frame);
+                        nic.deliver(frame);
                     }
                     Err(TransferError::Disconnected) => return Err("device gone".into()),
                     Err(error) => recover(&bulk_in, &mut rx, error)?,
@@ -188,6 +268,7 @@ fn attach_and_work(ctx: &DeviceContext) -> Result<(), alloc::string::String> {
                     match cdc::parse_notification(&bytes[..len]) {
                         Ok(Notification::NetworkConnection(up)) if up != carrier => {
                             carrier = up;
+                            nic.set_carrier(up);
                             log::info!(
                                 "{}: cdc-ecm: carrier {}",
                                 ctx.name,
