@@ -1320,3 +1320,1152 @@ impl<'a> Iterator for Packets<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+    use alloc::string::ToString;
+    use alloc::vec;
+
+    // ----- device-side helpers (what a device would send)
+
+    fn words(ws: &[u32]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for w in ws {
+            put(&mut v, *w);
+        }
+        v
+    }
+
+    fn le(b: &[u8], off: usize) -> u32 {
+        rd(b, off).unwrap()
+    }
+
+    /// INIT_CMPLT exactly as QEMU 7.2 usb-net builds it.
+    fn qemu_init_cmplt(id: u32) -> Vec<u8> {
+        words(&[
+            INITIALIZE_CMPLT,
+            52,
+            id,
+            STATUS_SUCCESS,
+            1,    // MajorVersion
+            0,    // MinorVersion
+            1,    // DeviceFlags: RNDIS_DF_CONNECTIONLESS
+            0,    // Medium 802.3
+            1,    // MaxPacketsPerTransfer
+            1580, // MaxTransferSize = 1514 + 44 + 22
+            0,    // PacketAlignmentFactor
+            0,    // AFListOffset
+            0,    // AFListSize
+        ])
+    }
+
+    /// QUERY_CMPLT as QEMU builds it: offset 16 from RequestId when there is data, else 0.
+    fn query_cmplt(id: u32, status: u32, info: &[u8]) -> Vec<u8> {
+        let off = if info.is_empty() { 0 } else { 16 };
+        let mut v = words(&[
+            QUERY_CMPLT,
+            (24 + info.len()) as u32,
+            id,
+            status,
+            info.len() as u32,
+            off,
+        ]);
+        v.extend_from_slice(info);
+        v
+    }
+
+    fn set_cmplt(id: u32, status: u32) -> Vec<u8> {
+        words(&[SET_CMPLT, 16, id, status])
+    }
+
+    fn reset_cmplt(status: u32, addressing_reset: u32) -> Vec<u8> {
+        words(&[RESET_CMPLT, 16, status, addressing_reset])
+    }
+
+    fn indicate(status: u32, buf: &[u8]) -> Vec<u8> {
+        let off = if buf.is_empty() { 0 } else { 12 };
+        let mut v = words(&[
+            INDICATE_STATUS_MSG,
+            (20 + buf.len()) as u32,
+            status,
+            buf.len() as u32,
+            off,
+        ]);
+        v.extend_from_slice(buf);
+        v
+    }
+
+    const MAC: [u8; 6] = [0x40, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+    /// QEMU's check on QUERY/SET input buffers (hw/usb/dev-network.c, after CVE-2016-?):
+    /// stall unless the buffer lies strictly inside the message.
+    fn qemu_accepts_info_buffer(msg: &[u8]) -> bool {
+        let length = msg.len() as u64;
+        let bufoffs = u64::from(le(msg, 20)) + 8;
+        let buflen = u64::from(le(msg, 16));
+        !(buflen > length || bufoffs >= length || bufoffs + buflen > length)
+    }
+
+    // ----- builders
+
+    #[test]
+    fn initialize_layout() {
+        let m = initialize_msg(7, 1580);
+        assert_eq!(m, words(&[2, 24, 7, 1, 0, 1580]));
+    }
+
+    #[test]
+    fn query_layout_and_qemu_accepts_it() {
+        let m = query_msg(3, OID_802_3_PERMANENT_ADDRESS);
+        assert_eq!(m, words(&[4, 28, 3, 0x0101_0101, 0, 0, 0]));
+        assert!(qemu_accepts_info_buffer(&m));
+        // The spec-literal alternative (offset 20, length 0) is what QEMU stalls.
+        let mut spec = m.clone();
+        spec[20..24].copy_from_slice(&20u32.to_le_bytes());
+        assert!(!qemu_accepts_info_buffer(&spec));
+    }
+
+    #[test]
+    fn set_layout_and_qemu_accepts_it() {
+        let m = set_packet_filter_msg(9, DEFAULT_PACKET_FILTER);
+        assert_eq!(m, words(&[5, 32, 9, 0x0001_010E, 4, 20, 0, 0x0B]));
+        assert!(qemu_accepts_info_buffer(&m));
+        // The value sits at RequestId (8) + InformationBufferOffset.
+        let off = 8 + le(&m, 20) as usize;
+        assert_eq!(
+            le(&m, off),
+            PACKET_TYPE_DIRECTED | PACKET_TYPE_MULTICAST | 8
+        );
+        let empty = set_msg(1, OID_GEN_CURRENT_PACKET_FILTER, &[]);
+        assert_eq!(le(&empty, 4), 28);
+        assert_eq!(le(&empty, 20), 0);
+    }
+
+    #[test]
+    fn keepalive_reset_halt_layouts() {
+        assert_eq!(keepalive_msg(5), words(&[8, 12, 5]));
+        assert_eq!(reset_msg(), words(&[6, 12, 0]));
+        assert_eq!(halt_msg(6), words(&[3, 12, 6]));
+        assert_eq!(
+            keepalive_cmplt(0x1234),
+            words(&[0x8000_0008, 16, 0x1234, 0])
+        );
+    }
+
+    // ----- completions: round trips
+
+    #[test]
+    fn qemu_init_cmplt_parses() {
+        let ic = parse_initialize_cmplt(&qemu_init_cmplt(1), 1).unwrap();
+        assert_eq!(
+            ic,
+            InitComplete {
+                major_version: 1,
+                minor_version: 0,
+                device_flags: 1,
+                medium: 0,
+                max_packets_per_transfer: 1,
+                max_transfer_size: 1580,
+                packet_alignment_factor: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn init_cmplt_rejections() {
+        let good = qemu_init_cmplt(1);
+        let with = |off: usize, v: u32| {
+            let mut m = good.clone();
+            m[off..off + 4].copy_from_slice(&v.to_le_bytes());
+            parse_initialize_cmplt(&m, 1).unwrap_err()
+        };
+        assert!(matches!(
+            with(0, QUERY_CMPLT),
+            RndisError::BadField {
+                field: Field::MessageType,
+                ..
+            }
+        ));
+        assert!(matches!(
+            with(4, 51),
+            RndisError::BadField {
+                field: Field::MessageLength,
+                ..
+            }
+        ));
+        assert!(matches!(
+            with(4, 53),
+            RndisError::Truncated {
+                have: 52,
+                need: 53,
+                ..
+            }
+        ));
+        assert!(matches!(
+            with(8, 2),
+            RndisError::BadField {
+                field: Field::RequestId,
+                ..
+            }
+        ));
+        assert_eq!(
+            with(12, STATUS_FAILURE),
+            RndisError::Status {
+                message: "REMOTE_NDIS_INITIALIZE_CMPLT",
+                status: STATUS_FAILURE
+            }
+        );
+        assert!(matches!(
+            with(16, 2),
+            RndisError::BadField {
+                field: Field::MajorVersion,
+                ..
+            }
+        ));
+        assert!(matches!(
+            with(28, 1),
+            RndisError::BadField {
+                field: Field::Medium,
+                ..
+            }
+        ));
+        assert!(matches!(
+            with(36, 100),
+            RndisError::BadField {
+                field: Field::MaxTransferSize,
+                ..
+            }
+        ));
+        assert!(matches!(
+            with(40, 8),
+            RndisError::BadField {
+                field: Field::PacketAlignmentFactor,
+                ..
+            }
+        ));
+        // MaxPacketsPerTransfer 0 is read as 1.
+        let mut m = good.clone();
+        m[32..36].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(
+            parse_initialize_cmplt(&m, 1)
+                .unwrap()
+                .max_packets_per_transfer,
+            1
+        );
+        // A longer MessageLength that the buffer holds is fine (extra bytes ignored).
+        let mut m = good.clone();
+        m.extend_from_slice(&[0; 8]);
+        m[4..8].copy_from_slice(&60u32.to_le_bytes());
+        assert!(parse_initialize_cmplt(&m, 1).is_ok());
+        // Bytes after MessageLength in the buffer are not part of the message.
+        let mut m = good.clone();
+        m.extend_from_slice(&[0xFF; 8]);
+        assert!(parse_initialize_cmplt(&m, 1).is_ok());
+    }
+
+    #[test]
+    fn query_cmplt_round_trip_and_rejections() {
+        let m = query_cmplt(4, STATUS_SUCCESS, &MAC);
+        assert_eq!(parse_query_cmplt(&m, 4).unwrap(), &MAC);
+        assert_eq!(info_mac(parse_query_cmplt(&m, 4).unwrap()).unwrap(), MAC);
+        let empty = query_cmplt(4, STATUS_SUCCESS, &[]);
+        assert_eq!(parse_query_cmplt(&empty, 4).unwrap(), &[] as &[u8]);
+        let e = parse_query_cmplt(&m, 5).unwrap_err();
+        assert!(matches!(
+            e,
+            RndisError::BadField {
+                field: Field::RequestId,
+                got: 4,
+                ..
+            }
+        ));
+        let s = e.to_string();
+        assert!(
+            s.contains("REMOTE_NDIS_QUERY_CMPLT") && s.contains("RequestId"),
+            "{s}"
+        );
+        assert!(s.contains("0x5") && s.contains("is 4"), "{s}");
+        let e = parse_query_cmplt(&query_cmplt(4, STATUS_NOT_SUPPORTED, &[]), 4).unwrap_err();
+        assert!(e.to_string().contains("RNDIS_STATUS_NOT_SUPPORTED"), "{e}");
+        // Offset inside the header.
+        let mut bad = m.clone();
+        bad[20..24].copy_from_slice(&8u32.to_le_bytes());
+        assert!(matches!(
+            parse_query_cmplt(&bad, 4),
+            Err(RndisError::BadField {
+                field: Field::InformationBufferOffset,
+                ..
+            })
+        ));
+        // Offset past the end.
+        bad[20..24].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        assert!(matches!(
+            parse_query_cmplt(&bad, 4),
+            Err(RndisError::BadField {
+                field: Field::InformationBufferOffset,
+                ..
+            })
+        ));
+        // Length past the end.
+        let mut bad = m.clone();
+        bad[16..20].copy_from_slice(&7u32.to_le_bytes());
+        assert!(matches!(
+            parse_query_cmplt(&bad, 4),
+            Err(RndisError::BadField {
+                field: Field::InformationBufferLength,
+                ..
+            })
+        ));
+        bad[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(parse_query_cmplt(&bad, 4).is_err());
+        // MessageLength shorter than the buffer it describes.
+        let mut bad = m.clone();
+        bad[4..8].copy_from_slice(&26u32.to_le_bytes());
+        assert!(matches!(
+            parse_query_cmplt(&bad, 4),
+            Err(RndisError::BadField {
+                field: Field::InformationBufferLength,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn info_values() {
+        assert_eq!(
+            info_u32("x", Field::MaxFrameSize, &1514u32.to_le_bytes()).unwrap(),
+            1514
+        );
+        assert!(info_u32("x", Field::MaxFrameSize, &[1, 2, 3]).is_err());
+        assert!(info_mac(&[0; 6]).is_err());
+        assert!(info_mac(&[0xFF; 6]).is_err());
+        assert!(info_mac(&MAC[..5]).is_err());
+        assert!(info_mac(&[0x40, 0x54, 0, 0x12, 0x34, 0x56, 0]).is_err());
+    }
+
+    #[test]
+    fn set_keepalive_reset_cmplt_round_trips() {
+        assert_eq!(parse_set_cmplt(&set_cmplt(3, 0), 3), Ok(()));
+        assert!(matches!(
+            parse_set_cmplt(&set_cmplt(3, 0), 4),
+            Err(RndisError::BadField {
+                field: Field::RequestId,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_set_cmplt(&set_cmplt(3, STATUS_INVALID_DATA), 3),
+            Err(RndisError::Status { .. })
+        ));
+        assert!(matches!(
+            parse_set_cmplt(&words(&[SET_CMPLT, 12, 3]), 3),
+            Err(RndisError::BadField {
+                field: Field::MessageLength,
+                ..
+            })
+        ));
+        let ka = words(&[KEEPALIVE_CMPLT, 16, 9, 0]);
+        assert_eq!(parse_keepalive_cmplt(&ka, 9), Ok(()));
+        assert!(parse_keepalive_cmplt(&ka, 8).is_err());
+        assert!(matches!(
+            parse_keepalive_cmplt(&set_cmplt(9, 0), 9),
+            Err(RndisError::BadField {
+                field: Field::MessageType,
+                ..
+            })
+        ));
+        assert_eq!(parse_reset_cmplt(&reset_cmplt(0, 1)), Ok(true));
+        assert_eq!(parse_reset_cmplt(&reset_cmplt(0, 0)), Ok(false));
+        assert!(matches!(
+            parse_reset_cmplt(&reset_cmplt(STATUS_FAILURE, 0)),
+            Err(RndisError::Status { .. })
+        ));
+        // Device keepalive request → reply.
+        let req = keepalive_msg(0x77);
+        assert_eq!(parse_keepalive_msg(&req), Ok(0x77));
+        assert_eq!(
+            keepalive_cmplt(parse_keepalive_msg(&req).unwrap()),
+            words(&[KEEPALIVE_CMPLT, 16, 0x77, 0])
+        );
+    }
+
+    #[test]
+    fn indicate_status_round_trips() {
+        assert_eq!(
+            parse_indicate_status(&indicate(STATUS_MEDIA_CONNECT, &[])),
+            Ok(Indication::MediaConnect)
+        );
+        assert_eq!(
+            parse_indicate_status(&indicate(STATUS_MEDIA_DISCONNECT, &[])),
+            Ok(Indication::MediaDisconnect)
+        );
+        let m = indicate(0x4001_0012, &[1, 2, 3, 4]);
+        assert_eq!(
+            parse_indicate_status(&m),
+            Ok(Indication::Other {
+                status: 0x4001_0012,
+                buffer: &[1, 2, 3, 4]
+            })
+        );
+        let mut bad = m.clone();
+        bad[16..20].copy_from_slice(&13u32.to_le_bytes()); // one byte too far
+        assert!(matches!(
+            parse_indicate_status(&bad),
+            Err(RndisError::BadField {
+                field: Field::StatusBufferLength,
+                ..
+            })
+        ));
+        bad[16..20].copy_from_slice(&4u32.to_le_bytes()); // inside the header
+        assert!(matches!(
+            parse_indicate_status(&bad),
+            Err(RndisError::BadField {
+                field: Field::StatusBufferOffset,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn every_parser_truncated_at_every_byte() {
+        let msgs: Vec<Vec<u8>> = vec![
+            qemu_init_cmplt(1),
+            query_cmplt(1, 0, &MAC),
+            set_cmplt(1, 0),
+            words(&[KEEPALIVE_CMPLT, 16, 1, 0]),
+            reset_cmplt(0, 1),
+            indicate(STATUS_MEDIA_CONNECT, &[9; 8]),
+            keepalive_msg(1),
+        ];
+        for m in &msgs {
+            for cut in 0..m.len() {
+                let b = &m[..cut];
+                assert!(parse_initialize_cmplt(b, 1).is_err());
+                assert!(parse_query_cmplt(b, 1).is_err());
+                assert!(parse_set_cmplt(b, 1).is_err());
+                assert!(parse_keepalive_cmplt(b, 1).is_err());
+                assert!(parse_reset_cmplt(b).is_err());
+                assert!(parse_indicate_status(b).is_err());
+                assert!(parse_keepalive_msg(b).is_err());
+                let mut s = RndisSession::default();
+                let _ = s.start();
+                let _ = s.on_response(b);
+            }
+        }
+    }
+
+    // ----- session
+
+    /// Drives a session through QEMU's answers; returns the session in Ready.
+    fn ready_session() -> (RndisSession, DeviceInfo) {
+        let mut s = RndisSession::new(1580);
+        assert_eq!(s.state(), SessionState::Idle);
+        let init = s.start();
+        assert_eq!(le(&init, 0), INITIALIZE_MSG);
+        let id = le(&init, 8);
+        assert_ne!(id, 0);
+        assert_eq!(s.state(), SessionState::Initializing);
+
+        let SessionEvent::Send(q) = s.on_response(&qemu_init_cmplt(id)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.state(), SessionState::QueryingMac);
+        assert_eq!(
+            (le(&q, 0), le(&q, 12)),
+            (QUERY_MSG, OID_802_3_PERMANENT_ADDRESS)
+        );
+        assert!(qemu_accepts_info_buffer(&q));
+        let qid = le(&q, 8);
+        assert_ne!(qid, id);
+
+        let SessionEvent::Send(q) = s.on_response(&query_cmplt(qid, 0, &MAC)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.state(), SessionState::QueryingMaxFrame);
+        assert_eq!(le(&q, 12), OID_GEN_MAXIMUM_FRAME_SIZE);
+        let qid = le(&q, 8);
+
+        let SessionEvent::Send(set) = s
+            .on_response(&query_cmplt(qid, 0, &1514u32.to_le_bytes()))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(s.state(), SessionState::SettingFilter);
+        assert_eq!(
+            (le(&set, 0), le(&set, 12), le(&set, 28)),
+            (SET_MSG, OID_GEN_CURRENT_PACKET_FILTER, 0x0B)
+        );
+        let sid = le(&set, 8);
+
+        let SessionEvent::Ready(info) = s.on_response(&set_cmplt(sid, 0)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.state(), SessionState::Ready);
+        assert!(!s.awaiting_response());
+        assert_eq!(s.device_info(), Some(&info));
+        (s, info)
+    }
+
+    #[test]
+    fn session_init_sequence_against_qemu() {
+        let (_, info) = ready_session();
+        assert_eq!(info.mac, MAC);
+        assert_eq!(info.max_frame_size, 1514);
+        assert_eq!(info.mtu(), 1500);
+        assert_eq!(info.init.max_transfer_size, 1580);
+        assert_eq!(info.init.max_packets_per_transfer, 1);
+        assert_eq!(info.max_tx_frame(), MAX_FRAME_LEN);
+    }
+
+    #[test]
+    fn session_interleaved_and_stale_responses() {
+        let mut s = RndisSession::default();
+        let id = le(&s.start(), 8);
+        assert_eq!(s.on_response(&[0]), Ok(SessionEvent::NoResponse));
+        assert_eq!(s.on_response(&[]), Ok(SessionEvent::NoResponse));
+        assert_eq!(
+            s.on_response(&indicate(STATUS_MEDIA_CONNECT, &[])),
+            Ok(SessionEvent::Link(true))
+        );
+        assert_eq!(s.link_up(), Some(true));
+        assert_eq!(
+            s.on_response(&keepalive_msg(0x55)),
+            Ok(SessionEvent::Reply(keepalive_cmplt(0x55)))
+        );
+        assert_eq!(
+            s.on_response(&indicate(0x4001_0012, &[])),
+            Ok(SessionEvent::StatusIndication(0x4001_0012))
+        );
+        // Stale completion: refused, state kept; the right one still works.
+        assert!(matches!(
+            s.on_response(&qemu_init_cmplt(id.wrapping_sub(1))),
+            Err(RndisError::BadField {
+                field: Field::RequestId,
+                ..
+            })
+        ));
+        assert_eq!(s.state(), SessionState::Initializing);
+        assert!(matches!(
+            s.on_response(&set_cmplt(id, 0)),
+            Err(RndisError::BadField {
+                field: Field::MessageType,
+                ..
+            })
+        ));
+        assert!(matches!(
+            s.on_response(&qemu_init_cmplt(id)),
+            Ok(SessionEvent::Send(_))
+        ));
+        assert_eq!(
+            s.on_response(&indicate(STATUS_MEDIA_DISCONNECT, &[])),
+            Ok(SessionEvent::Link(false))
+        );
+        assert_eq!(s.link_up(), Some(false));
+    }
+
+    #[test]
+    fn session_failures_during_init() {
+        let mut s = RndisSession::default();
+        let id = le(&s.start(), 8);
+        let mut m = qemu_init_cmplt(id);
+        m[12..16].copy_from_slice(&STATUS_FAILURE.to_le_bytes());
+        let e = s.on_response(&m).unwrap_err();
+        assert!(e.to_string().contains("RNDIS_STATUS_FAILURE"), "{e}");
+        assert_eq!(s.state(), SessionState::Failed);
+        // A fresh start recovers.
+        let id = le(&s.start(), 8);
+        let SessionEvent::Send(q) = s.on_response(&qemu_init_cmplt(id)).unwrap() else {
+            panic!()
+        };
+        // A broadcast MAC is refused and fails the session.
+        assert!(s
+            .on_response(&query_cmplt(le(&q, 8), 0, &[0xFF; 6]))
+            .is_err());
+        assert_eq!(s.state(), SessionState::Failed);
+        assert!(!s.awaiting_response());
+        // Medium other than 802.3 is fatal.
+        let id = le(&s.start(), 8);
+        let mut m = qemu_init_cmplt(id);
+        m[28..32].copy_from_slice(&1u32.to_le_bytes());
+        assert!(s.on_response(&m).is_err());
+        assert_eq!(s.state(), SessionState::Failed);
+        // Max frame 0 is fatal.
+        let id = le(&s.start(), 8);
+        let SessionEvent::Send(q) = s.on_response(&qemu_init_cmplt(id)).unwrap() else {
+            panic!()
+        };
+        let SessionEvent::Send(q) = s.on_response(&query_cmplt(le(&q, 8), 0, &MAC)).unwrap() else {
+            panic!()
+        };
+        assert!(s
+            .on_response(&query_cmplt(le(&q, 8), 0, &0u32.to_le_bytes()))
+            .is_err());
+        assert_eq!(s.state(), SessionState::Failed);
+        // Filter refused.
+        let id = le(&s.start(), 8);
+        let SessionEvent::Send(q) = s.on_response(&qemu_init_cmplt(id)).unwrap() else {
+            panic!()
+        };
+        let SessionEvent::Send(q) = s.on_response(&query_cmplt(le(&q, 8), 0, &MAC)).unwrap() else {
+            panic!()
+        };
+        let SessionEvent::Send(set) = s
+            .on_response(&query_cmplt(le(&q, 8), 0, &1500u32.to_le_bytes()))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert!(s
+            .on_response(&set_cmplt(le(&set, 8), STATUS_NOT_SUPPORTED))
+            .is_err());
+        assert_eq!(s.state(), SessionState::Failed);
+        // Requests other than start are refused when not ready.
+        assert!(matches!(
+            s.query(OID_GEN_LINK_SPEED),
+            Err(RndisError::Busy { .. })
+        ));
+        assert!(s.keepalive().is_err());
+    }
+
+    #[test]
+    fn session_after_ready() {
+        let (mut s, info) = ready_session();
+        // Query link speed.
+        let q = s.query(OID_GEN_LINK_SPEED).unwrap();
+        assert!(
+            matches!(s.query(OID_GEN_LINK_SPEED), Err(RndisError::Busy { .. })),
+            "one outstanding"
+        );
+        let ev = s
+            .on_response(&query_cmplt(le(&q, 8), 0, &100_000u32.to_le_bytes()))
+            .unwrap();
+        assert_eq!(
+            ev,
+            SessionEvent::QueryDone {
+                oid: OID_GEN_LINK_SPEED,
+                info: 100_000u32.to_le_bytes().to_vec()
+            }
+        );
+        // Unsupported query: error, request over, still ready.
+        let q = s.query(0x0001_0199).unwrap();
+        assert!(matches!(
+            s.on_response(&query_cmplt(le(&q, 8), STATUS_NOT_SUPPORTED, &[])),
+            Err(RndisError::Status { .. })
+        ));
+        assert_eq!(s.state(), SessionState::Ready);
+        assert!(!s.awaiting_response());
+        // Set.
+        let m = s
+            .set(OID_GEN_CURRENT_PACKET_FILTER, &0x2Fu32.to_le_bytes())
+            .unwrap();
+        assert_eq!(
+            s.on_response(&set_cmplt(le(&m, 8), 0)),
+            Ok(SessionEvent::SetDone {
+                oid: OID_GEN_CURRENT_PACKET_FILTER
+            })
+        );
+        // Keepalive.
+        let k = s.keepalive().unwrap();
+        assert_eq!(le(&k, 0), KEEPALIVE_MSG);
+        assert_eq!(
+            s.on_response(&words(&[KEEPALIVE_CMPLT, 16, le(&k, 8), 0])),
+            Ok(SessionEvent::KeepaliveDone)
+        );
+        // Unsolicited completion.
+        assert!(s.on_response(&set_cmplt(1, 0)).is_err());
+        assert_eq!(s.state(), SessionState::Ready);
+        // Reset without addressing reset.
+        let r = s.reset().unwrap();
+        assert_eq!(r, reset_msg());
+        assert_eq!(
+            s.on_response(&reset_cmplt(0, 0)),
+            Ok(SessionEvent::ResetDone)
+        );
+        assert_eq!(s.state(), SessionState::Ready);
+        // Reset with addressing reset (QEMU's answer): the filter is set again.
+        s.reset().unwrap();
+        let SessionEvent::Send(set) = s.on_response(&reset_cmplt(0, 1)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(le(&set, 12), OID_GEN_CURRENT_PACKET_FILTER);
+        assert_eq!(
+            s.on_response(&set_cmplt(le(&set, 8), 0)),
+            Ok(SessionEvent::Ready(info))
+        );
+        // Halt.
+        let h = s.halt();
+        assert_eq!((le(&h, 0), le(&h, 4)), (HALT_MSG, 12));
+        assert_eq!(s.state(), SessionState::Idle);
+        assert!(s.reset().is_err());
+    }
+
+    #[test]
+    fn request_ids_never_zero() {
+        let mut s = RndisSession {
+            next_id: u32::MAX,
+            ..Default::default()
+        };
+        let a = le(&s.start(), 8);
+        assert_eq!(a, u32::MAX);
+        let SessionEvent::Send(q) = s.on_response(&qemu_init_cmplt(a)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(le(&q, 8), 1);
+    }
+
+    #[test]
+    fn error_display_names_message_field_expected_got() {
+        let e = RndisError::BadField {
+            message: "REMOTE_NDIS_PACKET_MSG",
+            field: Field::DataOffset,
+            expected: Expected::Range(36, 100),
+            got: 4000,
+        };
+        assert_eq!(
+            e.to_string(),
+            "REMOTE_NDIS_PACKET_MSG: DataOffset is 4000 (0xfa0), expected 36..=100"
+        );
+        let e = decode_packets(&words(&[QUERY_CMPLT, 44, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+            .next()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "REMOTE_NDIS_PACKET_MSG: MessageType 0x80000004 (REMOTE_NDIS_QUERY_CMPLT), expected 0x1"
+        );
+        let e = decode_packets(&words(&[PACKET_MSG, 400, 36, 14]))
+            .next()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "REMOTE_NDIS_PACKET_MSG: truncated, 16 bytes of 400"
+        );
+        let e = RndisError::Busy {
+            request: "REMOTE_NDIS_QUERY_MSG",
+            state: SessionState::Initializing,
+        };
+        assert!(e.to_string().contains("Initializing"));
+    }
+
+    // ----- data path
+
+    fn frame(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// QEMU 7.2's bulk-OUT reassembly as described in FACTS: packets append to one buffer; a
+    /// message is taken once MessageLength bytes are there; anything beyond stays.
+    struct QemuOut {
+        buf: Vec<u8>,
+        delivered: Vec<Vec<u8>>,
+    }
+
+    impl QemuOut {
+        fn packet(&mut self, p: &[u8]) {
+            self.buf.extend_from_slice(p);
+            if self.buf.len() < 8 {
+                return;
+            }
+            let len = le(&self.buf, 4) as usize;
+            if self.buf.len() < len {
+                return;
+            }
+            if le(&self.buf, 0) == PACKET_MSG {
+                let off = le(&self.buf, 8) as usize + 8;
+                let n = le(&self.buf, 12) as usize;
+                if off + n <= len {
+                    self.delivered.push(self.buf[off..off + n].to_vec());
+                }
+            }
+            self.buf.drain(..len.max(1).min(self.buf.len()));
+        }
+        /// One bulk-OUT transfer split into max-packet packets, plus a ZLP if asked.
+        fn transfer(&mut self, t: &[u8], max_packet: usize, zlp: bool) {
+            for p in t.chunks(max_packet) {
+                self.packet(p);
+            }
+            if zlp {
+                self.packet(&[]);
+            }
+        }
+    }
+
+    #[test]
+    fn encode_decode_every_length_with_zlp_rule() {
+        let mut qemu = QemuOut {
+            buf: Vec::new(),
+            delivered: Vec::new(),
+        };
+        let mut zlps = 0;
+        for len in MIN_FRAME_LEN..=1514 {
+            let f = frame(len, len as u8);
+            let mut out = Vec::new();
+            encode_packet(&f, &mut out);
+            let total = len + PACKET_HEADER_LEN;
+            assert_eq!(out.len(), total);
+            assert_eq!(
+                le(&out, 4) as usize,
+                total,
+                "MessageLength is the whole transfer"
+            );
+            assert_eq!(le(&out, 8), 36);
+            assert_eq!(le(&out, 12) as usize, len);
+            assert!(out[16..44].iter().all(|b| *b == 0));
+            let zlp = transfer_needs_zlp(out.len(), 64);
+            assert_eq!(zlp, total.is_multiple_of(64), "len {len}");
+            zlps += usize::from(zlp);
+            assert_eq!(
+                transfer_needs_zlp(out.len(), 512),
+                total.is_multiple_of(512)
+            );
+            let got: Vec<_> = decode_packets(&out).collect();
+            assert_eq!(got, vec![Ok(&f[..])], "len {len}");
+            qemu.transfer(&out, 64, zlp);
+            assert!(qemu.buf.is_empty(), "residue after len {len}");
+        }
+        assert_eq!(qemu.delivered.len(), 1514 - 14 + 1);
+        assert!(zlps >= 23);
+        for (i, d) in qemu.delivered.iter().enumerate() {
+            assert_eq!(d, &frame(i + 14, (i + 14) as u8));
+        }
+        assert!(!transfer_needs_zlp(0, 64));
+        assert!(!transfer_needs_zlp(64, 0));
+    }
+
+    #[test]
+    fn qemu_model_shows_why_padding_is_wrong() {
+        // What Linux does for a 64-byte multiple: one pad byte. Every later frame is lost.
+        let mut qemu = QemuOut {
+            buf: Vec::new(),
+            delivered: Vec::new(),
+        };
+        let mut out = Vec::new();
+        encode_packet(&frame(84, 1), &mut out); // 128 bytes
+        out.push(0);
+        qemu.transfer(&out, 64, false);
+        let mut next = Vec::new();
+        encode_packet(&frame(100, 2), &mut next);
+        qemu.transfer(&next, 64, false);
+        assert_eq!(qemu.delivered.len(), 1);
+        assert!(!qemu.buf.is_empty());
+    }
+
+    #[test]
+    fn decode_accepts_valid_variants() {
+        // Frame at a larger DataOffset (device-side padding after the header).
+        let f = frame(60, 3);
+        let mut m = words(&[
+            PACKET_MSG,
+            (48 + 60) as u32,
+            40,
+            60,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0xEEEE_EEEE,
+        ]);
+        m.extend_from_slice(&f);
+        assert_eq!(decode_packets(&m).collect::<Vec<_>>(), vec![Ok(&f[..])]);
+        // MessageLength larger than the data (alignment padding inside the message).
+        let mut m = Vec::new();
+        encode_packet(&f, &mut m);
+        m.extend_from_slice(&[0; 4]);
+        m[4..8].copy_from_slice(&108u32.to_le_bytes());
+        let mut two = m.clone();
+        encode_packet(&frame(70, 4), &mut two);
+        let got: Vec<_> = decode_packets(&two).collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], Ok(&f[..]));
+        assert_eq!(got[1].unwrap().len(), 70);
+        // VcHandle and Reserved are ignored; OOB and per-packet info inside the message pass.
+        let mut m = Vec::new();
+        encode_packet(&f, &mut m);
+        m[36..44].copy_from_slice(&[0xAB; 8]);
+        m[16..20].copy_from_slice(&36u32.to_le_bytes()); // OOB at the frame start, 8 bytes
+        m[20..24].copy_from_slice(&8u32.to_le_bytes());
+        m[24..28].copy_from_slice(&1u32.to_le_bytes());
+        m[28..32].copy_from_slice(&44u32.to_le_bytes());
+        m[32..36].copy_from_slice(&16u32.to_le_bytes());
+        assert_eq!(decode_packets(&m).collect::<Vec<_>>(), vec![Ok(&f[..])]);
+        // 1518 (VLAN-tagged) is the largest frame; the empty transfer (a ZLP) has none.
+        let mut m = Vec::new();
+        encode_packet(&frame(1518, 0), &mut m);
+        assert!(decode_packets(&m).next().unwrap().is_ok());
+        assert_eq!(decode_packets(&[]).count(), 0);
+        // Trailing zero padding shorter than a header ends the walk quietly.
+        let mut m = Vec::new();
+        encode_packet(&f, &mut m);
+        m.push(0);
+        assert_eq!(decode_packets(&m).collect::<Vec<_>>(), vec![Ok(&f[..])]);
+    }
+
+    fn classes(t: &[u8]) -> (Vec<&[u8]>, Option<RxErrorClass>) {
+        let mut ok = Vec::new();
+        let mut err = None;
+        let mut n = 0;
+        for item in decode_packets(t) {
+            n += 1;
+            assert!(err.is_none(), "nothing after an error");
+            match item {
+                Ok(f) => ok.push(f),
+                Err(e) => err = Some(e.rx_class()),
+            }
+            assert!(n <= t.len() / PACKET_HEADER_LEN + 1);
+        }
+        (ok, err)
+    }
+
+    #[test]
+    fn decode_every_field_corrupted() {
+        let f = frame(100, 9);
+        let mut good = Vec::new();
+        encode_packet(&f, &mut good); // 144 bytes
+        use RxErrorClass::*;
+        let cases: &[(usize, u32, Option<RxErrorClass>)] = &[
+            (0, 0, Some(BadType)),
+            (0, 2, Some(BadType)),
+            (0, 0x8000_0001, Some(BadType)),
+            (0, u32::MAX, Some(BadType)),
+            (4, 0, Some(BadLength)),
+            (4, 43, Some(BadLength)),
+            (4, 143, Some(BadLength)), // data now ends past the message
+            (4, 145, Some(Truncated)),
+            (4, u32::MAX, Some(Truncated)),
+            (4, 0x8000_0000, Some(Truncated)),
+            (8, 0, Some(BadOffset)), // data over the header
+            (8, 35, Some(BadOffset)),
+            (8, 37, Some(BadLength)), // frame would end one byte past the message
+            (8, 137, Some(BadOffset)), // past the end
+            (8, u32::MAX, Some(BadOffset)),
+            (8, u32::MAX - 7, Some(BadOffset)),
+            (12, 0, Some(BadLength)),
+            (12, 13, Some(BadLength)),
+            (12, 101, Some(BadLength)),
+            (12, u32::MAX, Some(BadLength)),
+            (16, 4, Some(BadOffset)),   // OOB inside the header
+            (16, 200, Some(BadOffset)), // OOB past the end
+            (16, u32::MAX, Some(BadOffset)),
+            (20, 8, Some(BadOffset)), // OOB length with offset 0
+            (24, 1, Some(BadOffset)), // OOB elements with offset 0
+            (28, 4, Some(BadOffset)),
+            (28, 137, Some(BadOffset)),
+            (28, u32::MAX, Some(BadOffset)),
+            (32, 4, Some(BadOffset)), // per-packet length with offset 0
+            (36, u32::MAX, None),     // VcHandle ignored
+            (40, u32::MAX, None),     // Reserved ignored
+        ];
+        for &(off, v, want) in cases {
+            let mut m = good.clone();
+            m[off..off + 4].copy_from_slice(&v.to_le_bytes());
+            let (ok, err) = classes(&m);
+            assert_eq!(err, want, "field at {off} = {v:#x}");
+            assert_eq!(ok.len(), usize::from(want.is_none()));
+        }
+        // OOB offset valid but length overruns: a length error.
+        let mut m = good.clone();
+        m[16..20].copy_from_slice(&36u32.to_le_bytes());
+        m[20..24].copy_from_slice(&101u32.to_le_bytes());
+        assert_eq!(classes(&m).1, Some(BadLength));
+        let mut m = good.clone();
+        m[28..32].copy_from_slice(&36u32.to_le_bytes());
+        m[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(classes(&m).1, Some(BadLength));
+        // Every single-byte corruption: never panics, never yields a frame outside the buffer.
+        for i in 0..good.len() {
+            for v in [0u8, 1, 0x7F, 0x80, 0xFF] {
+                let mut m = good.clone();
+                m[i] = v;
+                for fr in classes(&m).0 {
+                    assert!((MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&fr.len()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decode_truncated_at_every_byte() {
+        let f = frame(1514, 5);
+        let mut good = Vec::new();
+        encode_packet(&f, &mut good);
+        assert_eq!(classes(&[]), (vec![], None));
+        for cut in 1..good.len() {
+            let (ok, err) = classes(&good[..cut]);
+            assert!(ok.is_empty());
+            assert_eq!(err, Some(RxErrorClass::Truncated), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn decode_two_packets_second_truncated() {
+        let a = frame(60, 1);
+        let b = frame(200, 2);
+        let mut t = Vec::new();
+        encode_packet(&a, &mut t);
+        let first = t.len();
+        encode_packet(&b, &mut t);
+        let (ok, err) = classes(&t);
+        assert_eq!((ok, err), (vec![&a[..], &b[..]], None));
+        for cut in first + 1..t.len() {
+            let mut stats = RndisRxStats::default();
+            let items: Vec<_> = decode_packets(&t[..cut]).collect();
+            for i in &items {
+                stats.record(i);
+            }
+            assert_eq!(items.len(), 2);
+            assert_eq!(items[0], Ok(&a[..]));
+            assert_eq!(
+                stats,
+                RndisRxStats {
+                    frames: 1,
+                    truncated: 1,
+                    ..Default::default()
+                },
+                "cut {cut}"
+            );
+        }
+        // Garbage after a good packet is an error item after the frame.
+        let mut g = Vec::new();
+        encode_packet(&a, &mut g);
+        g.push(0xFF);
+        let (ok, err) = classes(&g);
+        assert_eq!((ok.len(), err), (1, Some(RxErrorClass::Truncated)));
+        // A second packet with a bad DataOffset.
+        let mut g = t.clone();
+        g[first + 8..first + 12].copy_from_slice(&10_000u32.to_le_bytes());
+        let mut stats = RndisRxStats::default();
+        for i in decode_packets(&g) {
+            stats.record(&i);
+        }
+        assert_eq!(
+            stats,
+            RndisRxStats {
+                frames: 1,
+                bad_offset: 1,
+                ..Default::default()
+            }
+        );
+        assert_eq!(stats.errors(), 1);
+    }
+
+    #[test]
+    fn message_length_zero_never_loops() {
+        let t = words(&[PACKET_MSG, 0, 36, 14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let items: Vec<_> = decode_packets(&t).collect();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].unwrap_err().rx_class(), RxErrorClass::BadLength);
+    }
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn fuzz_no_panic() {
+        let mut r = XorShift(0x9E37_79B9_7F4A_7C15);
+        let mut stats = RndisRxStats::default();
+        let interesting = [
+            0u32,
+            1,
+            7,
+            8,
+            13,
+            14,
+            35,
+            36,
+            43,
+            44,
+            64,
+            1514,
+            1518,
+            1580,
+            0x7FFF_FFFF,
+            0x8000_0000,
+            u32::MAX,
+        ];
+        for iter in 0..20_000 {
+            // Build a transfer of 1-3 packets, then damage it.
+            let mut t = Vec::new();
+            for _ in 0..1 + r.below(3) {
+                let f = frame(14 + r.below(1505), r.next() as u8);
+                encode_packet(&f, &mut t);
+            }
+            match r.below(4) {
+                0 => {
+                    let i = r.below(t.len());
+                    t[i] = r.next() as u8;
+                }
+                1 => {
+                    let i = r.below(t.len() / 4) * 4;
+                    let v = interesting[r.below(interesting.len())];
+                    t[i..i + 4].copy_from_slice(&v.to_le_bytes());
+                }
+                2 => t.truncate(r.below(t.len() + 1)),
+                _ => t = (0..r.below(200)).map(|_| r.next() as u8).collect(),
+            }
+            for item in decode_packets(&t) {
+                if let Ok(f) = item {
+                    assert!((MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&f.len()));
+                }
+                stats.record(&item);
+            }
+            // Control parsers and the session on the same bytes.
+            let _ = parse_initialize_cmplt(&t, 1);
+            let _ = parse_query_cmplt(&t, 1);
+            let _ = parse_set_cmplt(&t, 1);
+            let _ = parse_keepalive_cmplt(&t, 1);
+            let _ = parse_reset_cmplt(&t);
+            let _ = parse_indicate_status(&t);
+            let _ = parse_keepalive_msg(&t);
+            let mut s = RndisSession::default();
+            let _ = s.start();
+            if let Err(e) = s.on_response(&t) {
+                let _ = format!("{e}");
+            }
+            // Mutated control responses too.
+            let mut c = match iter % 4 {
+                0 => qemu_init_cmplt(1),
+                1 => query_cmplt(1, 0, &MAC),
+                2 => indicate(STATUS_MEDIA_CONNECT, &[1, 2, 3, 4]),
+                _ => reset_cmplt(0, 1),
+            };
+            let i = r.below(c.len() / 4) * 4;
+            let v = interesting[r.below(interesting.len())];
+            c[i..i + 4].copy_from_slice(&v.to_le_bytes());
+            c.truncate(r.below(c.len() + 1).max(c.len() - r.below(2)));
+            let _ = parse_initialize_cmplt(&c, 1);
+            let _ = parse_query_cmplt(&c, 1);
+            let _ = parse_indicate_status(&c);
+            let _ = parse_reset_cmplt(&c);
+            let _ = s.on_response(&c);
+        }
+        assert!(stats.frames > 1000 && stats.errors() > 1000, "{stats:?}");
+        assert!(
+            stats.bad_type > 0
+                && stats.bad_length > 0
+                && stats.bad_offset > 0
+                && stats.truncated > 0,
+            "{stats:?}"
+        );
+    }
+}
