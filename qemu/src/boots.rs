@@ -268,12 +268,21 @@ pub fn run_net_echo_test(kernel: &Path, settings: &BootSettings) -> TestOutcome 
     use std::io::{Read, Write};
     use tether_tests::net;
     let name = format!("net::{}", net::ECHO_NAME);
-    let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
-        Ok(addr) => addr.port(),
-        Err(e) => return TestOutcome::fail(name, format!("no free loopback port: {e}")),
+    // Three free loopback ports, held open together so they differ, then released for QEMU.
+    let listeners: Result<Vec<_>, _> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect();
+    let ports: Vec<u16> = match listeners
+        .and_then(|l| l.iter().map(|l| l.local_addr().map(|a| a.port())).collect())
+    {
+        Ok(ports) => ports,
+        Err(e) => return TestOutcome::fail(name, format!("no free loopback ports: {e}")),
     };
+    let (port, discard_port, chargen_port) = (ports[0], ports[1], ports[2]);
     let mut machine = Machine::pvh(kernel, "");
-    machine.extra_args.extend(net::echo_machine_args(port));
+    machine
+        .extra_args
+        .extend(net::echo_machine_args([port, discard_port, chargen_port]));
     let (mut q, log) = match settings.spawn(net::ECHO_NAME, &machine) {
         Ok(spawned) => spawned,
         Err(failure) => return TestOutcome { name, ..failure },
@@ -281,7 +290,10 @@ pub fn run_net_echo_test(kernel: &Path, settings: &BootSettings) -> TestOutcome 
     let deadline = Instant::now() + Duration::from_secs(60);
     let result = (|| -> Result<String, String> {
         match q.wait_for(deadline, |l| l.contains(net::INTERFACE_UP)) {
-            Wait::Found(_) => {}
+            Wait::Found(line) if line.contains(net::DHCP_LEASE) => {}
+            Wait::Found(line) => {
+                return Err(format!("expected `{}`, got `{}`", net::DHCP_LEASE, line))
+            }
             Wait::Exited(status) => {
                 return Err(format!("QEMU exited: {}", KernelExit::from_status(status)))
             }
@@ -328,8 +340,35 @@ pub fn run_net_echo_test(kernel: &Path, settings: &BootSettings) -> TestOutcome 
         if let Some(at) = got.iter().zip(&data).position(|(a, b)| a != b) {
             return Err(format!("echoed bytes differ from byte {at}"));
         }
+        // Discard takes everything; chargen sends the RFC 864 pattern.
+        let mut sink = std::net::TcpStream::connect(("127.0.0.1", discard_port))
+            .map_err(|e| format!("discard connect: {e}"))?;
+        sink.write_all(&data[..net::DISCARD_BYTES])
+            .map_err(|e| format!("discard write: {e}"))?;
+        drop(sink);
+        let mut source = std::net::TcpStream::connect(("127.0.0.1", chargen_port))
+            .map_err(|e| format!("chargen connect: {e}"))?;
+        source
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let mut pattern = vec![0u8; net::CHARGEN_BYTES];
+        source
+            .read_exact(&mut pattern)
+            .map_err(|e| format!("chargen read: {e}"))?;
+        if let Some(at) = pattern
+            .iter()
+            .enumerate()
+            .position(|(i, &b)| b != net::chargen_byte(i))
+        {
+            return Err(format!(
+                "chargen byte {at} is {:#04x}, expected {:#04x}",
+                pattern[at],
+                net::chargen_byte(at)
+            ));
+        }
         Ok(format!(
-            "{} MiB echoed byte for byte in {:.2} s ({:.0} Mbit/s each way)",
+            "{}; {} MiB echoed byte for byte in {:.2} s ({:.0} Mbit/s each way); discard took 1 MiB, chargen pattern checked over 64 KiB",
+            net::DHCP_LEASE,
             data.len() >> 20,
             seconds,
             data.len() as f64 * 8.0 / seconds / 1e6

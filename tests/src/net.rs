@@ -7,20 +7,44 @@ pub const INTERFACE_UP: &str = "echo on tcp 7";
 pub const ECHO_NAME: &str = "net_echo";
 /// Bytes of random data sent through echo and compared.
 pub const ECHO_BYTES: usize = 4 << 20;
-/// Guest port of the echo service.
+/// Guest ports of the echo, discard and chargen services.
 pub const ECHO_PORT: u16 = 7;
+/// Guest port of discard.
+pub const DISCARD_PORT: u16 = 9;
+/// Guest port of chargen.
+pub const CHARGEN_PORT: u16 = 19;
+/// What QEMU's user networking hands out by DHCP, as the kernel reports it.
+pub const DHCP_LEASE: &str = "DHCP lease 10.0.2.15/24 gateway 10.0.2.2";
+/// Bytes sent into discard and read from chargen.
+pub const DISCARD_BYTES: usize = 1 << 20;
+/// Bytes read from chargen and checked.
+pub const CHARGEN_BYTES: usize = 64 * 1024;
 
-/// QEMU arguments for a usb-net on qemu-xhci with user networking forwarding `host_port` on
-/// 127.0.0.1 to the guest's echo port.
-pub fn echo_machine_args(host_port: u16) -> Vec<String> {
+/// QEMU arguments for a usb-net on qemu-xhci with user networking forwarding loopback ports
+/// (echo, discard, chargen) to the guest's services.
+pub fn echo_machine_args(ports: [u16; 3]) -> Vec<String> {
+    let [echo, discard, chargen] = ports;
     vec![
         "-device".into(),
         "qemu-xhci,id=xhci".into(),
         "-netdev".into(),
-        format!("user,id=n0,hostfwd=tcp:127.0.0.1:{host_port}-:{ECHO_PORT}"),
+        format!(
+            "user,id=n0,hostfwd=tcp:127.0.0.1:{echo}-:{ECHO_PORT},hostfwd=tcp:127.0.0.1:{discard}-:{DISCARD_PORT},hostfwd=tcp:127.0.0.1:{chargen}-:{CHARGEN_PORT}"
+        ),
         "-device".into(),
         "usb-net,bus=xhci.0,netdev=n0".into(),
     ]
+}
+
+/// RFC 864's pattern as the kernel sends it: 72 printable characters per line, each line
+/// starting one character later, CR LF.
+pub fn chargen_byte(position: usize) -> u8 {
+    let (line, column) = (position / 74, position % 74);
+    match column {
+        72 => b'\r',
+        73 => b'\n',
+        _ => b' ' + ((line + column) % 95) as u8,
+    }
 }
 
 #[cfg(test)]
@@ -28,10 +52,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn forwards_to_the_echo_port_on_loopback_only() {
-        let args = echo_machine_args(40007);
-        assert!(args
-            .iter()
-            .any(|a| a == "user,id=n0,hostfwd=tcp:127.0.0.1:40007-:7"));
+    fn forwards_each_service_port_on_loopback_only() {
+        let args = echo_machine_args([40007, 40009, 40019]);
+        let expected = "user,id=n0,hostfwd=tcp:127.0.0.1:40007-:7,hostfwd=tcp:127.0.0.1:40009-:9,hostfwd=tcp:127.0.0.1:40019-:19";
+        assert!(args.iter().any(|a| a == expected));
+    }
+
+    #[test]
+    fn chargen_lines_rotate() {
+        let first: Vec<u8> = (0..74).map(chargen_byte).collect();
+        assert_eq!(&first[..3], b" !\"");
+        assert_eq!(&first[72..], b"\r\n");
+        assert_eq!(chargen_byte(74), b'!');
+        assert!((0..74 * 200)
+            .map(chargen_byte)
+            .all(|b| b == b'\r' || b == b'\n' || (b' '..=b'~').contains(&b)));
     }
 }

@@ -1,10 +1,10 @@
 //! Networking: one thread per interface runs smoltcp over the NIC driver's queues and the
-//! services. Addressing is static for now (`ip=`, `gw=` on the command line, QEMU user
-//! networking's 10.0.2.15/24 via 10.0.2.2 by default); DHCP and the other services follow.
+//! services. Addressing by DHCPv4 unless `ip=` (and `gw=`) give a static one.
 
 mod device;
 mod echo;
 pub mod nic;
+mod stream;
 
 use alloc::format;
 use alloc::string::String;
@@ -14,6 +14,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use tether_kcore::cmdline::Cmdline;
 use tether_netstack::smoltcp::iface::{Config, Interface, SocketSet};
+use tether_netstack::smoltcp::socket::dhcpv4;
 use tether_netstack::smoltcp::time::Instant;
 use tether_netstack::smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, Ipv4Address};
 
@@ -24,6 +25,8 @@ use device::NicDevice;
 pub use nic::{Nic, Transmit};
 
 pub const ECHO_PORT: u16 = 7;
+pub const DISCARD_PORT: u16 = 9;
+pub const CHARGEN_PORT: u16 = 19;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Addressing {
@@ -38,46 +41,30 @@ fn parse_ipv4(text: &str) -> Option<Ipv4Address> {
     for octet in &mut octets {
         *octet = parts.next()?.parse().ok()?;
     }
-    parts
-        .next()
-        .is_none()
-        .then(|| Ipv4Address::from_octets(octets))
+    parts.next().is_none().then(|| Ipv4Address::from_octets(octets))
 }
 
-/// `ip=A.B.C.D/N` and `gw=A.B.C.D`; a bad value is reported and the default kept.
-pub fn addressing(cmdline: &str) -> Addressing {
-    let mut addressing = Addressing {
-        ip: Ipv4Address::new(10, 0, 2, 15),
-        prefix: 24,
-        gateway: Some(Ipv4Address::new(10, 0, 2, 2)),
+/// Static addressing from `ip=A.B.C.D/N` and `gw=A.B.C.D`, or None for DHCP. A bad value is
+/// reported and DHCP used instead.
+pub fn addressing(cmdline: &str) -> Option<Addressing> {
+    let cmdline = Cmdline::parse(cmdline).ok()?;
+    let ip = cmdline.get("ip")?;
+    let (addr, prefix) = ip.split_once('/').unwrap_or((ip, "24"));
+    let (Some(addr), Some(prefix)) = (parse_ipv4(addr), prefix.parse::<u8>().ok().filter(|p| *p <= 32)) else {
+        log::warn!("ip={ip}: expected A.B.C.D/N; using DHCP");
+        return None;
     };
-    let Ok(cmdline) = Cmdline::parse(cmdline) else {
-        return addressing;
-    };
-    if let Some(ip) = cmdline.get("ip") {
-        let (addr, prefix) = ip.split_once('/').unwrap_or((ip, "24"));
-        match (
-            parse_ipv4(addr),
-            prefix.parse::<u8>().ok().filter(|p| *p <= 32),
-        ) {
-            (Some(addr), Some(prefix)) => {
-                addressing.ip = addr;
-                addressing.prefix = prefix;
+    let gateway = match cmdline.get("gw") {
+        Some(gw) => {
+            let parsed = parse_ipv4(gw);
+            if parsed.is_none() {
+                log::warn!("gw={gw}: expected A.B.C.D; no default route");
             }
-            _ => log::warn!(
-                "ip={ip}: expected A.B.C.D/N; using {}/{}",
-                addressing.ip,
-                addressing.prefix
-            ),
+            parsed
         }
-    }
-    if let Some(gw) = cmdline.get("gw") {
-        match parse_ipv4(gw) {
-            Some(addr) => addressing.gateway = Some(addr),
-            None => log::warn!("gw={gw}: expected A.B.C.D"),
-        }
-    }
-    addressing
+        None => None,
+    };
+    Some(Addressing { ip: addr, prefix, gateway })
 }
 
 static INTERFACES: Mutex<Vec<Arc<Nic>>> = Mutex::new("net.interfaces", Vec::new());
@@ -96,50 +83,78 @@ pub fn next_name() -> String {
 pub fn attach(nic: Arc<Nic>) {
     INTERFACES.lock().push(nic.clone());
     let addressing = addressing(&crate::boot::state().cmdline);
-    Spawn::new(format!("net-{}", nic.name))
-        .priority(Priority::Driver)
-        .start(move || run(nic, addressing));
+    Spawn::new(format!("net-{}", nic.name)).priority(Priority::Driver).start(move || run(nic, addressing));
 }
 
 fn now() -> Instant {
     Instant::from_micros(time::now_us() as i64)
 }
 
-fn run(nic: Arc<Nic>, addressing: Addressing) {
+fn apply(iface: &mut Interface, addressing: &Addressing) {
+    iface.update_ip_addrs(|addrs| {
+        addrs.clear();
+        let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(addressing.ip), addressing.prefix));
+    });
+    iface.routes_mut().remove_default_ipv4_route();
+    if let Some(gateway) = addressing.gateway {
+        let _ = iface.routes_mut().add_default_ipv4_route(gateway);
+    }
+}
+
+/// The line tests wait for: the interface has an address and serves.
+fn announce(nic: &Nic, addressing: &Addressing, how: &str) {
+    log::info!(
+        "{}: {how} {}/{} gateway {}; echo on tcp {ECHO_PORT}, discard {DISCARD_PORT}, chargen {CHARGEN_PORT}",
+        nic.name,
+        addressing.ip,
+        addressing.prefix,
+        addressing.gateway.map_or_else(|| String::from("-"), |g| format!("{g}")),
+    );
+}
+
+fn run(nic: Arc<Nic>, addressing: Option<Addressing>) {
     let mut device = NicDevice { nic: &nic };
     let mut config = Config::new(EthernetAddress(nic.mac).into());
     config.random_seed = time::rdtsc();
     let mut iface = Interface::new(config, &mut device, now());
-    iface.update_ip_addrs(|addrs| {
-        let _ = addrs.push(IpCidr::new(
-            IpAddress::Ipv4(addressing.ip),
-            addressing.prefix,
-        ));
-    });
-    if let Some(gateway) = addressing.gateway {
-        let _ = iface.routes_mut().add_default_ipv4_route(gateway);
-    }
     let mut sockets = SocketSet::new(Vec::new());
+    let dhcp = match &addressing {
+        Some(static_addressing) => {
+            apply(&mut iface, static_addressing);
+            announce(&nic, static_addressing, "static");
+            None
+        }
+        None => Some(sockets.add(dhcpv4::Socket::new())),
+    };
     let mut echo = echo::EchoService::new(&mut sockets, ECHO_PORT, 4);
-    log::info!(
-        "{}: {}/{} gateway {} ; echo on tcp {}",
-        nic.name,
-        addressing.ip,
-        addressing.prefix,
-        addressing
-            .gateway
-            .map_or_else(|| String::from("-"), |g| format!("{g}")),
-        ECHO_PORT
-    );
+    let mut discard = stream::StreamService::new(&mut sockets, stream::Kind::Discard, DISCARD_PORT, 2);
+    let mut chargen = stream::StreamService::new(&mut sockets, stream::Kind::Chargen, CHARGEN_PORT, 2);
     while !nic.gone.load(Ordering::Acquire) {
         iface.poll(now(), &mut device, &mut sockets);
-        if echo.run(&mut sockets) {
+        if let Some(handle) = dhcp {
+            match sockets.get_mut::<dhcpv4::Socket>(handle).poll() {
+                Some(dhcpv4::Event::Configured(config)) => {
+                    let lease = Addressing {
+                        ip: config.address.address(),
+                        prefix: config.address.prefix_len(),
+                        gateway: config.router,
+                    };
+                    apply(&mut iface, &lease);
+                    announce(&nic, &lease, "DHCP lease");
+                }
+                Some(dhcpv4::Event::Deconfigured) => {
+                    iface.update_ip_addrs(|addrs| addrs.clear());
+                    iface.routes_mut().remove_default_ipv4_route();
+                    log::info!("{}: DHCP lease lost", nic.name);
+                }
+                None => {}
+            }
+        }
+        let moved = echo.run(&mut sockets) | discard.run(&mut sockets) | chargen.run(&mut sockets);
+        if moved {
             iface.poll(now(), &mut device, &mut sockets);
         }
-        let delay_us = iface
-            .poll_delay(now(), &sockets)
-            .map_or(1_000_000, |d| d.total_micros())
-            .min(1_000_000);
+        let delay_us = iface.poll_delay(now(), &sockets).map_or(1_000_000, |d| d.total_micros()).min(1_000_000);
         if delay_us > 0 {
             nic.wake.down_timeout(delay_us * 1000);
         }
