@@ -41,7 +41,10 @@ fn parse_ipv4(text: &str) -> Option<Ipv4Address> {
     for octet in &mut octets {
         *octet = parts.next()?.parse().ok()?;
     }
-    parts.next().is_none().then(|| Ipv4Address::from_octets(octets))
+    parts
+        .next()
+        .is_none()
+        .then(|| Ipv4Address::from_octets(octets))
 }
 
 /// Static addressing from `ip=A.B.C.D/N` and `gw=A.B.C.D`, or None for DHCP. A bad value is
@@ -50,7 +53,10 @@ pub fn addressing(cmdline: &str) -> Option<Addressing> {
     let cmdline = Cmdline::parse(cmdline).ok()?;
     let ip = cmdline.get("ip")?;
     let (addr, prefix) = ip.split_once('/').unwrap_or((ip, "24"));
-    let (Some(addr), Some(prefix)) = (parse_ipv4(addr), prefix.parse::<u8>().ok().filter(|p| *p <= 32)) else {
+    let (Some(addr), Some(prefix)) = (
+        parse_ipv4(addr),
+        prefix.parse::<u8>().ok().filter(|p| *p <= 32),
+    ) else {
         log::warn!("ip={ip}: expected A.B.C.D/N; using DHCP");
         return None;
     };
@@ -64,7 +70,11 @@ pub fn addressing(cmdline: &str) -> Option<Addressing> {
         }
         None => None,
     };
-    Some(Addressing { ip: addr, prefix, gateway })
+    Some(Addressing {
+        ip: addr,
+        prefix,
+        gateway,
+    })
 }
 
 static INTERFACES: Mutex<Vec<Arc<Nic>>> = Mutex::new("net.interfaces", Vec::new());
@@ -83,7 +93,9 @@ pub fn next_name() -> String {
 pub fn attach(nic: Arc<Nic>) {
     INTERFACES.lock().push(nic.clone());
     let addressing = addressing(&crate::boot::state().cmdline);
-    Spawn::new(format!("net-{}", nic.name)).priority(Priority::Driver).start(move || run(nic, addressing));
+    Spawn::new(format!("net-{}", nic.name))
+        .priority(Priority::Driver)
+        .start(move || run(nic, addressing));
 }
 
 fn now() -> Instant {
@@ -93,7 +105,10 @@ fn now() -> Instant {
 fn apply(iface: &mut Interface, addressing: &Addressing) {
     iface.update_ip_addrs(|addrs| {
         addrs.clear();
-        let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(addressing.ip), addressing.prefix));
+        let _ = addrs.push(IpCidr::new(
+            IpAddress::Ipv4(addressing.ip),
+            addressing.prefix,
+        ));
     });
     iface.routes_mut().remove_default_ipv4_route();
     if let Some(gateway) = addressing.gateway {
@@ -127,8 +142,10 @@ fn run(nic: Arc<Nic>, addressing: Option<Addressing>) {
         None => Some(sockets.add(dhcpv4::Socket::new())),
     };
     let mut echo = echo::EchoService::new(&mut sockets, ECHO_PORT, 4);
-    let mut discard = stream::StreamService::new(&mut sockets, stream::Kind::Discard, DISCARD_PORT, 2);
-    let mut chargen = stream::StreamService::new(&mut sockets, stream::Kind::Chargen, CHARGEN_PORT, 2);
+    let mut discard =
+        stream::StreamService::new(&mut sockets, stream::Kind::Discard, DISCARD_PORT, 2);
+    let mut chargen =
+        stream::StreamService::new(&mut sockets, stream::Kind::Chargen, CHARGEN_PORT, 2);
     while !nic.gone.load(Ordering::Acquire) {
         iface.poll(now(), &mut device, &mut sockets);
         if let Some(handle) = dhcp {
@@ -154,7 +171,10 @@ fn run(nic: Arc<Nic>, addressing: Option<Addressing>) {
         if moved {
             iface.poll(now(), &mut device, &mut sockets);
         }
-        let delay_us = iface.poll_delay(now(), &sockets).map_or(1_000_000, |d| d.total_micros()).min(1_000_000);
+        let delay_us = iface
+            .poll_delay(now(), &sockets)
+            .map_or(1_000_000, |d| d.total_micros())
+            .min(1_000_000);
         if delay_us > 0 {
             nic.wake.down_timeout(delay_us * 1000);
         }

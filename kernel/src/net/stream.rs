@@ -32,7 +32,12 @@ pub fn chargen_byte(position: usize) -> u8 {
 }
 
 impl StreamService {
-    pub fn new(set: &mut SocketSet<'static>, kind: Kind, port: u16, connections: usize) -> StreamService {
+    pub fn new(
+        set: &mut SocketSet<'static>,
+        kind: Kind,
+        port: u16,
+        connections: usize,
+    ) -> StreamService {
         let sockets = (0..connections)
             .map(|_| {
                 let rx = tcp::SocketBuffer::new(alloc::vec![0u8; BUFFER]);
@@ -42,7 +47,11 @@ impl StreamService {
                 (set.add(socket), 0)
             })
             .collect();
-        StreamService { kind, port, sockets }
+        StreamService {
+            kind,
+            port,
+            sockets,
+        }
     }
 
     /// Returns whether anything moved.
