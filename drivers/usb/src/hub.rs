@@ -116,6 +116,19 @@ pub fn child_attachment(hub: &Hub, port: u8, speed: Speed) -> Result<Attachment,
     })
 }
 
+/// Whether the device is a hub: by its device class, or by its first interface's when the
+/// device leaves the class to its interfaces.
+pub fn is_hub(dev: &UsbDevice) -> bool {
+    dev.descriptor.class == class::HUB
+        || (dev.descriptor.class == class::PER_INTERFACE
+            && dev
+                .configurations
+                .first()
+                .and_then(|c| c.interfaces.first())
+                .and_then(|i| i.alternates.first())
+                .is_some_and(|a| a.class == class::HUB))
+}
+
 /// Brings up an enumerated hub: SET_CONFIGURATION (first configuration), GET_HUB_DESCRIPTOR,
 /// SET_HUB_DEPTH (SuperSpeed), tells the controller it is a hub, powers every port and waits
 /// bPwrOn2PwrGood * 2 ms. Connected ports then report a connect change; handle them with
@@ -125,15 +138,7 @@ pub fn init_hub(
     dev: &UsbDevice,
     delay_ms: &mut dyn FnMut(u32),
 ) -> Result<Hub, HubError> {
-    let is_hub = dev.descriptor.class == class::HUB
-        || (dev.descriptor.class == class::PER_INTERFACE
-            && dev
-                .configurations
-                .first()
-                .and_then(|c| c.interfaces.first())
-                .and_then(|i| i.alternates.first())
-                .is_some_and(|a| a.class == class::HUB));
-    if !is_hub {
+    if !is_hub(dev) {
         return Err(fail(None, step::NOT_A_HUB)(StepError::NotAHub));
     }
     let depth = route_depth(dev.attachment.route);

@@ -9,10 +9,11 @@ use alloc::format;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use tether_usb::cdc::{self, Notification};
+use tether_usb::descriptor::class;
 use tether_usb::descriptor::{Direction, MacAddress, TransferType};
 use tether_usb::enumerate::{read_string, set_configuration, UsbDevice};
 use tether_usb::host::TransferError;
-use tether_usb::matching::{choose_configuration, ConfigPreference};
+use tether_usb::matching::{choose_configuration, is_ecm, ConfigPreference};
 use tether_usb::request::SetupPacket;
 use tether_xhci::pipe::{EndpointConfig, Pipe, PipeKind, TransferHandle};
 
@@ -20,9 +21,6 @@ use super::driver::{DeviceContext, UsbDriver};
 use crate::net::{self, Nic, Transmit};
 use crate::sync::Mutex;
 
-const CDC_CLASS: u8 = 0x02;
-const ECM_SUBCLASS: u8 = 0x06;
-const DATA_CLASS: u8 = 0x0A;
 const RX_QUEUED: usize = 4;
 /// wMaxSegmentSize 1514 plus room; one frame per transfer.
 const RX_BUFFER: usize = 2048;
@@ -119,14 +117,14 @@ fn find_layout(device: &UsbDevice) -> Option<EcmLayout> {
         .interfaces
         .iter()
         .flat_map(|i| i.alternates.iter())
-        .find(|a| a.class == CDC_CLASS && a.subclass == ECM_SUBCLASS)?;
+        .find(|a| is_ecm(a))?;
     let (_, slaves) = comm.cdc_union()?;
     let data_number = *slaves.first()?;
     let data = config.interfaces.iter().find(|i| i.number == data_number)?;
     let data_alt = data
         .alternates
         .iter()
-        .find(|a| a.class == DATA_CLASS && a.endpoints.len() >= 2)?;
+        .find(|a| a.class == class::CDC_DATA && a.endpoints.len() >= 2)?;
     let bulk_in = data_alt.find_endpoint(TransferType::Bulk, Direction::In)?;
     let bulk_out = data_alt.find_endpoint(TransferType::Bulk, Direction::Out)?;
     let notify = comm.find_endpoint(TransferType::Interrupt, Direction::In);

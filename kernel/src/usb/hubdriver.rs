@@ -9,13 +9,11 @@ use alloc::vec::Vec;
 use tether_usb::descriptor::{Direction, TransferType};
 use tether_usb::enumerate::UsbDevice;
 use tether_usb::host::TransferError;
-use tether_usb::hub::hub_port_changes;
+use tether_usb::hub::{hub_port_changes, is_hub};
 use tether_xhci::pipe::{EndpointConfig, PipeKind};
 
 use super::driver::{DeviceContext, UsbDriver};
 use crate::sync::Mutex;
-
-const HUB_CLASS: u8 = 0x09;
 
 /// Port changes reported by hubs, for the bus thread: (hub's port path, hub port).
 pub struct HubEvents(Mutex<VecDeque<(String, u8)>>);
@@ -67,14 +65,7 @@ impl UsbDriver for HubDriver {
     }
 
     fn matches(&self, device: &UsbDevice) -> bool {
-        let first_class = device
-            .configurations
-            .first()
-            .and_then(|c| c.interfaces.first())
-            .and_then(|i| i.alternates.first())
-            .map(|a| a.class);
-        (device.descriptor.class == HUB_CLASS || first_class == Some(HUB_CLASS))
-            && status_endpoint(device).is_some()
+        is_hub(device) && status_endpoint(device).is_some()
     }
 
     fn run(&self, ctx: &DeviceContext) {

@@ -35,7 +35,6 @@ use crate::{cpu, pci};
 const CLASS_SERIAL_BUS: u8 = 0x0C;
 const SUBCLASS_USB: u8 = 0x03;
 const PROG_IF_XHCI: u8 = 0x30;
-const HUB_CLASS: u8 = 0x09;
 
 pub type Xhci = Controller<mapper::IdentityMapper>;
 /// US English, what nearly every device offers.
@@ -291,8 +290,7 @@ impl Bus {
                 }
             })
         };
-        let is_hub = summary.class == HUB_CLASS;
-        let hub_device = is_hub.then(|| device.clone());
+        let hub_device = hub::is_hub(&device).then(|| device.clone());
         let index = out.len();
         out.push(AttachedDevice {
             device,
