@@ -149,13 +149,38 @@ pub fn dump_tail_for_panic(max_records: usize) {
     if let Some(ring) = guard.as_ref() {
         kprintln!("--- last {} trace records ---", max_records.min(ring.len()));
         let skip = ring.len().saturating_sub(max_records);
-        let mut line = String::new();
         for record in ring.iter().skip(skip) {
-            line.clear();
+            // Formatted on the stack: a stopped CPU may hold the heap's lock.
+            let mut line = StackLine {
+                bytes: [0; 256],
+                len: 0,
+            };
             let _ = record.write_line(&mut line);
-            crate::console::write_str(&line);
+            crate::console::write_str(
+                core::str::from_utf8(&line.bytes[..line.len]).unwrap_or("(unprintable record)"),
+            );
             crate::console::write_str("\n");
         }
-        let _ = line.write_str("");
+    }
+}
+
+/// A line buffer that needs no heap; text past its end is cut (at a character boundary).
+struct StackLine {
+    bytes: [u8; 256],
+    len: usize,
+}
+
+impl Write for StackLine {
+    fn write_str(&mut self, text: &str) -> core::fmt::Result {
+        for c in text.chars() {
+            let mut utf8 = [0u8; 4];
+            let encoded = c.encode_utf8(&mut utf8).as_bytes();
+            if self.len + encoded.len() > self.bytes.len() {
+                break;
+            }
+            self.bytes[self.len..self.len + encoded.len()].copy_from_slice(encoded);
+            self.len += encoded.len();
+        }
+        Ok(())
     }
 }
