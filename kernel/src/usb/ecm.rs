@@ -6,7 +6,6 @@
 
 use alloc::collections::VecDeque;
 use alloc::format;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 use tether_usb::cdc::{self, Notification};
 use tether_usb::descriptor::class;
@@ -35,15 +34,15 @@ struct EcmTx {
     pipe: Pipe,
     max_packet: usize,
     in_flight: Mutex<VecDeque<TransferHandle>>,
-    errors: AtomicU64,
 }
 
 impl EcmTx {
+    /// Drops completed transfers from the front; a failed one (counted by the pipe) that
+    /// halted the pipe gets it cleared so sending resumes.
     fn reap(&self, queue: &mut VecDeque<TransferHandle>) {
         while let Some(result) = queue.front().and_then(|h| h.try_result()) {
             queue.pop_front();
             if let Err(error) = result {
-                self.errors.fetch_add(1, Ordering::Relaxed);
                 if self.pipe.is_halted() && !matches!(error, TransferError::Disconnected) {
                     let _ = self.pipe.clear_halt();
                 }
@@ -57,9 +56,12 @@ impl Transmit for EcmTx {
         let mut queue = self.in_flight.lock();
         self.reap(&mut queue);
         if queue.len() >= TX_IN_FLIGHT {
-            if let Some(oldest) = queue.front() {
-                oldest.poll_wait(100_000);
-            }
+            // Full: wait (bounded) for the oldest transfer without holding the queue's lock.
+            let oldest = queue.pop_front().expect("the queue is full");
+            drop(queue);
+            oldest.poll_wait(100_000);
+            queue = self.in_flight.lock();
+            queue.push_front(oldest);
             self.reap(&mut queue);
             if queue.len() >= TX_IN_FLIGHT {
                 return Err("transmit queue full");
@@ -209,7 +211,6 @@ fn attach_and_work(
         pipe: pipes[1].clone(),
         max_packet: usize::from(layout.bulk_out.max_packet.max(1)),
         in_flight: Mutex::new("ecm.tx", VecDeque::new()),
-        errors: AtomicU64::new(0),
     });
     let nic = Nic::new(
         net::next_name(),
