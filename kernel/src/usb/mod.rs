@@ -158,6 +158,7 @@ struct AttachedDevice {
     thread: JoinHandle,
     /// For a hub: its state after bring-up, to handle its ports later.
     hub: Option<hub::Hub>,
+    driver: Option<&'static str>,
 }
 
 impl Bus {
@@ -185,13 +186,7 @@ impl Bus {
             .attached
             .values()
             .flatten()
-            .map(|d| {
-                let driver = registry::devices()
-                    .into_iter()
-                    .find(|r| r.controller == self.name && r.port_path == d.port_path)
-                    .and_then(|r| r.driver);
-                DeviceSummary::new(&self.name, self.number, &d.device, driver)
-            })
+            .map(|d| DeviceSummary::new(&self.name, self.number, &d.device, d.driver))
             .collect();
         for line in tether_usb::device::format_table(&summaries).lines() {
             log::info!("{line}");
@@ -298,6 +293,7 @@ impl Bus {
             life,
             thread,
             hub: None,
+            driver: driver.map(|d| d.name()),
         });
         let Some(hub_device) = hub_device.filter(|_| tier <= 5) else {
             return;
