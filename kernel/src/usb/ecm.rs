@@ -6,6 +6,7 @@
 
 use alloc::collections::VecDeque;
 use alloc::format;
+use alloc::vec::Vec;
 
 use tether_usb::cdc::{self, Notification};
 use tether_usb::descriptor::class;
@@ -14,7 +15,7 @@ use tether_usb::enumerate::{read_string, set_configuration, UsbDevice};
 use tether_usb::host::TransferError;
 use tether_usb::matching::{choose_configuration, is_ecm, ConfigPreference};
 use tether_usb::request::SetupPacket;
-use tether_xhci::pipe::{EndpointConfig, Pipe, PipeKind, TransferHandle};
+use tether_xhci::pipe::{EndpointConfig, Pipe, PipeKind, TransferBuffer, TransferHandle};
 
 use super::driver::{DeviceContext, UsbDriver};
 use crate::net::{self, Nic, Transmit};
@@ -26,6 +27,8 @@ const RX_BUFFER: usize = 2048;
 
 /// Frames queued to the device and not yet completed, at most (the bounded TX queue).
 const TX_IN_FLIGHT: usize = 32;
+/// Every transmit buffer holds a full frame (wMaxSegmentSize 1514) and is reused.
+const TX_BUFFER: usize = 2048;
 /// Received frames waiting for the network thread, at most.
 const RX_QUEUE: usize = 64;
 
@@ -33,15 +36,24 @@ const RX_QUEUE: usize = 64;
 struct EcmTx {
     pipe: Pipe,
     max_packet: usize,
-    in_flight: Mutex<VecDeque<TransferHandle>>,
+    queue: Mutex<TxQueue>,
+}
+
+/// Transfers in flight, and buffers of completed ones kept for the next frames.
+struct TxQueue {
+    in_flight: VecDeque<TransferHandle>,
+    spare: Vec<TransferBuffer>,
 }
 
 impl EcmTx {
     /// Drops completed transfers from the front; a failed one (counted by the pipe) that
     /// halted the pipe gets it cleared so sending resumes.
-    fn reap(&self, queue: &mut VecDeque<TransferHandle>) {
-        while let Some(result) = queue.front().and_then(|h| h.try_result()) {
-            queue.pop_front();
+    fn reap(&self, queue: &mut TxQueue) {
+        while let Some(result) = queue.in_flight.front().and_then(|h| h.try_result()) {
+            let done = queue.in_flight.pop_front().expect("front exists");
+            if queue.spare.len() < TX_IN_FLIGHT {
+                queue.spare.push(done.buffer().with_len(TX_BUFFER));
+            }
             if let Err(error) = result {
                 if self.pipe.is_halted() && !matches!(error, TransferError::Disconnected) {
                     let _ = self.pipe.clear_halt();
@@ -51,35 +63,46 @@ impl EcmTx {
     }
 }
 
+impl EcmTx {
+    /// A transmit buffer: a completed transfer's, or a new one.
+    fn buffer(&self, queue: &mut TxQueue) -> Result<TransferBuffer, &'static str> {
+        match queue.spare.pop() {
+            Some(buffer) => Ok(buffer),
+            None => self
+                .pipe
+                .alloc_buffer(TX_BUFFER)
+                .map_err(|_| "no DMA memory"),
+        }
+    }
+}
+
 impl Transmit for EcmTx {
     fn transmit(&self, frame: &[u8]) -> Result<(), &'static str> {
-        let mut queue = self.in_flight.lock();
+        if frame.len() > TX_BUFFER {
+            return Err("frame larger than the transmit buffers");
+        }
+        let mut queue = self.queue.lock();
         self.reap(&mut queue);
-        if queue.len() >= TX_IN_FLIGHT {
+        if queue.in_flight.len() >= TX_IN_FLIGHT {
             // Full: wait (bounded) for the oldest transfer without holding the queue's lock.
-            let oldest = queue.pop_front().expect("the queue is full");
+            let oldest = queue.in_flight.pop_front().expect("the queue is full");
             drop(queue);
             oldest.poll_wait(100_000);
-            queue = self.in_flight.lock();
-            queue.push_front(oldest);
+            queue = self.queue.lock();
+            queue.in_flight.push_front(oldest);
             self.reap(&mut queue);
-            if queue.len() >= TX_IN_FLIGHT {
+            if queue.in_flight.len() >= TX_IN_FLIGHT {
                 return Err("transmit queue full");
             }
         }
-        let buffer = self
-            .pipe
-            .alloc_buffer(frame.len())
-            .map_err(|_| "no DMA memory")?;
+        let buffer = self.buffer(&mut queue)?.with_len(frame.len());
         buffer.write(frame);
-        queue.push_back(self.pipe.submit(buffer).map_err(|_| "submit refused")?);
+        let handle = self.pipe.submit(buffer).map_err(|_| "submit refused")?;
+        queue.in_flight.push_back(handle);
         if frame.len().is_multiple_of(self.max_packet) {
-            let zlp = self
-                .pipe
-                .alloc_buffer(1)
-                .map_err(|_| "no DMA memory")?
-                .with_len(0);
-            queue.push_back(self.pipe.submit(zlp).map_err(|_| "submit refused")?);
+            let zlp = self.buffer(&mut queue)?.with_len(0);
+            let handle = self.pipe.submit(zlp).map_err(|_| "submit refused")?;
+            queue.in_flight.push_back(handle);
         }
         Ok(())
     }
@@ -210,7 +233,13 @@ fn attach_and_work(
     let tx = alloc::sync::Arc::new(EcmTx {
         pipe: pipes[1].clone(),
         max_packet: usize::from(layout.bulk_out.max_packet.max(1)),
-        in_flight: Mutex::new("ecm.tx", VecDeque::new()),
+        queue: Mutex::new(
+            "ecm.tx",
+            TxQueue {
+                in_flight: VecDeque::new(),
+                spare: Vec::new(),
+            },
+        ),
     });
     let nic = Nic::new(
         net::next_name(),
@@ -224,7 +253,8 @@ fn attach_and_work(
     let mut rx: VecDeque<TransferHandle> = VecDeque::new();
     let mut notification: Option<TransferHandle> = None;
     let mut carrier = false;
-    refill(&bulk_in, &mut rx)?;
+    let mut rx_spare: Vec<TransferBuffer> = Vec::new();
+    refill(&bulk_in, &mut rx, &mut rx_spare)?;
     // The hotplug test waits for this line: from here on transfers are in flight.
     log::info!(
         "{}: cdc-ecm: receiving ({} transfers queued)",
@@ -232,7 +262,7 @@ fn attach_and_work(
         rx.len()
     );
     loop {
-        refill(&bulk_in, &mut rx)?;
+        refill(&bulk_in, &mut rx, &mut rx_spare)?;
         if notification.is_none() {
             if let Some(pipe) = &notify {
                 notification = Some(
@@ -251,6 +281,7 @@ fn attach_and_work(
                         let mut frame = alloc::vec![0u8; len];
                         head.buffer().read(&mut frame);
                         nic.deliver(frame);
+                        rx_spare.push(head.buffer().with_len(RX_BUFFER));
                     }
                     Err(TransferError::Disconnected) => return Err("device gone".into()),
                     Err(error) => recover(&bulk_in, &mut rx, error)?,
@@ -300,11 +331,19 @@ fn attach_and_work(
     }
 }
 
-fn refill(pipe: &Pipe, rx: &mut VecDeque<TransferHandle>) -> Result<(), alloc::string::String> {
+/// Tops the receive queue up to [`RX_QUEUED`], reusing completed transfers' buffers first.
+fn refill(
+    pipe: &Pipe,
+    rx: &mut VecDeque<TransferHandle>,
+    spare: &mut Vec<TransferBuffer>,
+) -> Result<(), alloc::string::String> {
     while rx.len() < RX_QUEUED {
-        let buffer = pipe
-            .alloc_buffer(RX_BUFFER)
-            .map_err(|e| format!("RX buffer: {e}"))?;
+        let buffer = match spare.pop() {
+            Some(buffer) => buffer,
+            None => pipe
+                .alloc_buffer(RX_BUFFER)
+                .map_err(|e| format!("RX buffer: {e}"))?,
+        };
         match pipe.submit(buffer) {
             Ok(handle) => rx.push_back(handle),
             Err(TransferError::Disconnected) => return Err("device gone".into()),
