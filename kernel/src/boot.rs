@@ -13,7 +13,16 @@ use crate::sync::raw::RawSpinLock;
 use crate::{cpu, mem, pci, platform, sched, time, trace};
 
 /// Command-line keys the kernel knows; anything else gets one warning line.
-pub const KNOWN_KEYS: &[&str] = &["log", "lockcheck", "test", "smp", "usbdrivers", "ip", "gw"];
+pub const KNOWN_KEYS: &[&str] = &[
+    "log",
+    "lockcheck",
+    "test",
+    "smp",
+    "usbdrivers",
+    "ip",
+    "gw",
+    "services",
+];
 
 /// Boot info as handed over: reads within the first 4 GiB, which the boot page tables map.
 struct BootMemory;

@@ -10,5 +10,6 @@ extern crate std;
 pub mod http;
 pub mod iperf3;
 pub mod probe;
+pub mod services;
 
 pub use smoltcp;

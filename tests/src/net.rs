@@ -1,8 +1,9 @@
 //! Host-driven network tests: what the kernel prints when an interface is up, and the echo
 //! test's parameters.
 
-/// The line the network thread prints when its interface serves (`eth0: ... echo on tcp 7`).
-pub const INTERFACE_UP: &str = "echo on tcp 7";
+/// The line the network thread prints when its interface has an address and serves
+/// (`eth0: DHCP lease ...; serving echo on tcp 7, ...`).
+pub const INTERFACE_UP: &str = "; serving ";
 /// Test name.
 pub const ECHO_NAME: &str = "net_echo";
 /// Bytes of random data sent through echo and compared.

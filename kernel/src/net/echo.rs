@@ -26,10 +26,12 @@ impl EchoService {
             .collect();
         EchoService { port, sockets }
     }
+}
 
+impl super::service::Service for EchoService {
     /// Moves what each connection received to its send buffer (as much as fits); re-arms
-    /// closed sockets. Returns whether anything moved.
-    pub fn run(&mut self, set: &mut SocketSet<'static>) -> bool {
+    /// closed sockets.
+    fn run(&mut self, set: &mut SocketSet<'static>) -> bool {
         let mut moved = false;
         for &handle in &self.sockets {
             let socket = set.get_mut::<tcp::Socket>(handle);

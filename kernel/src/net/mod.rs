@@ -4,6 +4,7 @@
 mod device;
 mod echo;
 pub mod nic;
+pub mod service;
 mod stream;
 
 use alloc::format;
@@ -13,6 +14,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use tether_kcore::cmdline::Cmdline;
+use tether_netstack::services::Services;
 use tether_netstack::smoltcp::iface::{Config, Interface, SocketSet};
 use tether_netstack::smoltcp::socket::dhcpv4;
 use tether_netstack::smoltcp::time::Instant;
@@ -23,10 +25,6 @@ use crate::sync::Mutex;
 use crate::time;
 use device::NicDevice;
 pub use nic::{Nic, Transmit};
-
-pub const ECHO_PORT: u16 = 7;
-pub const DISCARD_PORT: u16 = 9;
-pub const CHARGEN_PORT: u16 = 19;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Addressing {
@@ -117,13 +115,15 @@ fn apply(iface: &mut Interface, addressing: &Addressing) {
 }
 
 /// The line tests wait for: the interface has an address and serves.
-fn announce(nic: &Nic, addressing: &Addressing, how: &str) {
+fn announce(nic: &Nic, addressing: &Addressing, how: &str, services: Services) {
     log::info!(
-        "{}: {how} {}/{} gateway {}; echo on tcp {ECHO_PORT}, discard {DISCARD_PORT}, chargen {CHARGEN_PORT}",
+        "{}: {how} {}/{} gateway {}; serving {services}",
         nic.name,
         addressing.ip,
         addressing.prefix,
-        addressing.gateway.map_or_else(|| String::from("-"), |g| format!("{g}")),
+        addressing
+            .gateway
+            .map_or_else(|| String::from("-"), |g| format!("{g}")),
     );
 }
 
@@ -133,19 +133,16 @@ fn run(nic: Arc<Nic>, addressing: Option<Addressing>) {
     config.random_seed = time::rdtsc();
     let mut iface = Interface::new(config, &mut device, now());
     let mut sockets = SocketSet::new(Vec::new());
+    let enabled = service::enabled(&crate::boot::state().cmdline);
     let dhcp = match &addressing {
         Some(static_addressing) => {
             apply(&mut iface, static_addressing);
-            announce(&nic, static_addressing, "static");
+            announce(&nic, static_addressing, "static", enabled);
             None
         }
         None => Some(sockets.add(dhcpv4::Socket::new())),
     };
-    let mut echo = echo::EchoService::new(&mut sockets, ECHO_PORT, 4);
-    let mut discard =
-        stream::StreamService::new(&mut sockets, stream::Kind::Discard, DISCARD_PORT, 2);
-    let mut chargen =
-        stream::StreamService::new(&mut sockets, stream::Kind::Chargen, CHARGEN_PORT, 2);
+    let mut services = service::start(enabled, &mut sockets);
     while !nic.gone.load(Ordering::Acquire) {
         iface.poll(now(), &mut device, &mut sockets);
         if let Some(handle) = dhcp {
@@ -157,7 +154,7 @@ fn run(nic: Arc<Nic>, addressing: Option<Addressing>) {
                         gateway: config.router,
                     };
                     apply(&mut iface, &lease);
-                    announce(&nic, &lease, "DHCP lease");
+                    announce(&nic, &lease, "DHCP lease", enabled);
                 }
                 Some(dhcpv4::Event::Deconfigured) => {
                     iface.update_ip_addrs(|addrs| addrs.clear());
@@ -167,7 +164,9 @@ fn run(nic: Arc<Nic>, addressing: Option<Addressing>) {
                 None => {}
             }
         }
-        let moved = echo.run(&mut sockets) | discard.run(&mut sockets) | chargen.run(&mut sockets);
+        let moved = services
+            .iter_mut()
+            .fold(false, |moved, service| service.run(&mut sockets) | moved);
         if moved {
             iface.poll(now(), &mut device, &mut sockets);
         }

@@ -53,9 +53,10 @@ impl StreamService {
             sockets,
         }
     }
+}
 
-    /// Returns whether anything moved.
-    pub fn run(&mut self, set: &mut SocketSet<'static>) -> bool {
+impl super::service::Service for StreamService {
+    fn run(&mut self, set: &mut SocketSet<'static>) -> bool {
         let mut moved = false;
         for (handle, position) in &mut self.sockets {
             let socket = set.get_mut::<tcp::Socket>(*handle);
