@@ -11,5 +11,6 @@ pub mod http;
 pub mod iperf3;
 pub mod probe;
 pub mod services;
+pub mod watchdog;
 
 pub use smoltcp;
