@@ -15,6 +15,10 @@ USAGE (from the repository, through cargo):
                                                  build the bootable hybrid ISO (target/tether.iso)
     cargo run --release -- bench boot [--boots N] [--verbose]
                                                  time QEMU start -> ready line, N boots (default 10)
+    cargo run --release -- bench net [NET BENCH OPTIONS]
+                                                 iperf3 through Tether and through the Linux guest
+                                                 of ../shared/peer-linux on the same devices; one
+                                                 table with ratios (root: uses a network namespace)
 
 RUN OPTIONS:
     --boot pvh|bios|uefi     pvh: QEMU loads the ELF (-kernel, default); bios: the ISO under
@@ -29,6 +33,15 @@ RUN OPTIONS:
     --qemu-arg ARG           pass ARG to QEMU as is; may be repeated
     --kernel ELF             boot this kernel ELF instead of building one (also for test, bench)
     --dry-run                print the commands instead of running them
+
+NET BENCH OPTIONS:
+    --devices LIST           usb-ecm,usb-rndis,virtio (default usb-ecm)
+    --backends LIST          user,tap (default both)
+    --runs N                 iperf3 runs per direction, median reported (default 3)
+    --time S                 seconds per run (default 10)
+    --no-peer                Tether only
+    --peer-dir DIR           the peer (default ../shared/peer-linux, or $TETHER_PEER_DIR)
+    --verbose                echo Tether's serial output
 
 TEST OPTIONS:
     --verbose                echo every boot's serial output, prefixed with its name
@@ -114,6 +127,8 @@ pub enum Cli {
         /// Boot this kernel ELF instead of building one.
         kernel: Option<PathBuf>,
     },
+    /// Network benchmark against the Linux peer.
+    BenchNet(crate::bench_net::NetBenchOptions),
     /// Print usage.
     Help,
 }
@@ -158,8 +173,16 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
         "bench" => {
             match rest.args.first() {
                 Some(&"boot") => rest.index = 1,
-                Some(other) => return Err(format!("unknown benchmark {other:?} (known: boot)")),
-                None => return Err("`bench` needs a benchmark name: `bench boot`".to_string()),
+                Some(&"net") => {
+                    rest.index = 1;
+                    return parse_bench_net(&mut rest).map(Cli::BenchNet);
+                }
+                Some(other) => {
+                    return Err(format!("unknown benchmark {other:?} (known: boot, net)"))
+                }
+                None => {
+                    return Err("`bench` needs a benchmark name: `bench boot`, `bench net`".into())
+                }
             }
             let (mut boots, mut verbose, mut kernel) = (10, false, None);
             while let Some(flag) = rest.next_flag()? {
@@ -179,6 +202,37 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
         "help" | "--help" | "-h" => Ok(Cli::Help),
         other => Err(format!("unknown command {other:?}; try `help`")),
     }
+}
+
+fn parse_bench_net(rest: &mut Args<'_>) -> Result<crate::bench_net::NetBenchOptions, String> {
+    use crate::bench_net::{Backend, Device, NetBenchOptions};
+    let mut options = NetBenchOptions::default();
+    while let Some(flag) = rest.next_flag()? {
+        match flag {
+            "--devices" => {
+                options.devices = rest
+                    .value(flag)?
+                    .split(',')
+                    .map(Device::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            "--backends" => {
+                options.backends = rest
+                    .value(flag)?
+                    .split(',')
+                    .map(Backend::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            "--runs" => options.runs = rest.number(flag)? as usize,
+            "--time" => options.seconds = rest.number(flag)?,
+            "--no-peer" => options.peer = false,
+            "--peer-dir" => options.peer_dir = rest.value(flag)?.into(),
+            "--kernel" => options.kernel = Some(rest.value(flag)?.into()),
+            "--verbose" | "-v" => options.verbose = true,
+            _ => return Err(rest.unknown(flag, "bench net")),
+        }
+    }
+    Ok(options)
 }
 
 fn parse_run(rest: &mut Args<'_>) -> Result<RunOptions, String> {
@@ -322,7 +376,24 @@ mod tests {
             })
         );
         assert!(parse_str("bench").is_err());
-        assert!(parse_str("bench net").is_err());
+        assert!(parse_str("bench disk").is_err());
+        let Ok(Cli::BenchNet(net)) =
+            parse_str("bench net --devices usb-ecm,virtio --backends tap --runs 2 --no-peer")
+        else {
+            panic!("bench net not parsed")
+        };
+        assert_eq!(
+            net.devices,
+            [
+                crate::bench_net::Device::UsbEcm,
+                crate::bench_net::Device::Virtio
+            ]
+        );
+        assert_eq!(net.backends, [crate::bench_net::Backend::Tap]);
+        assert_eq!((net.runs, net.peer), (2, false));
+        assert!(parse_str("bench net --devices e1000")
+            .unwrap_err()
+            .contains("e1000"));
         assert_eq!(
             parse_str("iso --append a=1 -o x.iso"),
             Ok(Cli::Iso {

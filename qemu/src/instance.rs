@@ -166,6 +166,11 @@ impl Instance {
         Ok(instance)
     }
 
+    /// The process id of what was spawned (QEMU, or a wrapper that execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The QMP socket's path, when the machine has one.
     pub fn qmp_socket(&self) -> Option<&Path> {
         self.qmp_socket.as_deref()

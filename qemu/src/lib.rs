@@ -7,7 +7,7 @@
 //! - [`qmp`]: a QMP client (QEMU's machine protocol) for host-driven tests such as hotplug.
 //! - [`hotplug`]: the host-driven USB hotplug test (QMP unplug/replug cycles).
 //! - [`boots`], [`test_run`], [`host_tests`], [`pool`], [`report`]: `tether test`.
-//! - [`bench`]: `tether bench boot`.
+//! - [`bench`]: `tether bench boot`; [`bench_net`]: `tether bench net` (Tether beside the Linux peer).
 //! - [`run`]: `tether run` (the interactive boot) and `tether iso`.
 //! - [`cli`]: argument parsing.
 //!
@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod bench_net;
 pub mod boots;
 pub mod cli;
 pub mod deps;
