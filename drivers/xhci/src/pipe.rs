@@ -265,6 +265,8 @@ struct EpState {
     stray: u64,
     /// Times the pipe halted (to tell a halt that raced with a cancel).
     halts: u64,
+    /// Completions swallowed by an injected wedge.
+    swallowed: u64,
 }
 
 impl EpState {
@@ -322,6 +324,10 @@ pub(crate) struct Endpoint<R: RawMutex> {
     max_packet: u16,
     state: Mutex<R, EpState>,
     inject_stall: AtomicBool,
+    /// Fault injection: transfers are queued but the doorbell is not rung, and completions the
+    /// controller reports anyway (an IN endpoint it already polls) are swallowed: to the driver
+    /// the device stopped completing. Cleared by `clear_halt`.
+    wedged: AtomicBool,
     /// One recovery (cancel, clear_halt) at a time; others sleep-wait (no lock held).
     recovering: AtomicBool,
 }
@@ -356,8 +362,10 @@ impl<R: RawMutex + Send + Sync + 'static> Endpoint<R> {
                 counters: PipeCounters::default(),
                 stray: 0,
                 halts: 0,
+                swallowed: 0,
             }),
             inject_stall: AtomicBool::new(false),
+            wedged: AtomicBool::new(false),
             recovering: AtomicBool::new(false),
         })
     }
@@ -480,7 +488,9 @@ impl<R: RawMutex + Send + Sync + 'static> Endpoint<R> {
             st.counters.submitted += 1;
             st.hw_synced = false;
         }
-        host.doorbell(self.slot, self.dci);
+        if !self.wedged.load(Ordering::Acquire) {
+            host.doorbell(self.slot, self.dci);
+        }
         Ok(xfer)
     }
 
@@ -489,6 +499,11 @@ impl<R: RawMutex + Send + Sync + 'static> Endpoint<R> {
         let mut stop_needed = false;
         {
             let mut st = self.state.lock();
+            if self.wedged.load(Ordering::Acquire) {
+                // Swallowed: the TD stays queued until `clear_halt` fails it back.
+                st.swallowed += 1;
+                return;
+            }
             let found = st.queue.iter().enumerate().find_map(|(i, q)| {
                 q.trbs
                     .iter()
@@ -730,6 +745,9 @@ impl<R: RawMutex + Send + Sync + 'static> Endpoint<R> {
         }
         // Make sure nothing is left queued (a pipe may be cleared without having halted).
         self.state.lock().halted = true;
+        // A wedge ends here: what it held back is failed back below and never reaches the
+        // controller (the dequeue pointer skips it).
+        self.wedged.store(false, Ordering::Release);
         self.resync_ring(host, TransferError::PipeHalted)?;
         if clear_feature {
             match host.clear_feature_halt(self.slot, self.address) {
@@ -780,6 +798,7 @@ pub(crate) trait PipeOps: Send + Sync {
     fn cancel(&self, xfer: &Arc<Xfer>) -> Result<usize, TransferError>;
     fn clear_halt(&self) -> Result<(), TransferError>;
     fn inject(&self);
+    fn wedge(&self);
     fn info(&self) -> PipeInfo;
     fn stray_events(&self) -> u64;
     fn in_flight_trbs(&self) -> usize;
@@ -820,6 +839,9 @@ impl<R: RawMutex + Send + Sync + 'static> PipeOps for Endpoint<R> {
     }
     fn inject(&self) {
         self.inject_stall.store(true, Ordering::Release);
+    }
+    fn wedge(&self) {
+        self.wedged.store(true, Ordering::Release);
     }
     fn info(&self) -> PipeInfo {
         Endpoint::info(self)
@@ -907,6 +929,14 @@ impl Pipe {
     /// itself is not halted, so `clear_halt` takes the Stop Endpoint path.
     pub fn inject_stall_on_next_completion(&self) {
         self.ep.inject();
+    }
+
+    /// Fault injection (always compiled, one atomic flag): from now on transfers are queued
+    /// but the controller is not told (no doorbell), so they never complete, as with a device
+    /// that stopped answering. [`Self::clear_halt`] ends the wedge and fails them back with
+    /// `PipeHalted` (they never reached the device).
+    pub fn inject_wedge(&self) {
+        self.ep.wedge();
     }
 
     /// Counters.
