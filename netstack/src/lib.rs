@@ -7,6 +7,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod fault;
 pub mod http;
 pub mod iperf3;
 pub mod probe;
