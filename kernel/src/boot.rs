@@ -22,6 +22,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "ip",
     "gw",
     "services",
+    "watchdog",
+    "watchdog_ms",
+    "faults",
 ];
 
 /// Boot info as handed over: reads within the first 4 GiB, which the boot page tables map.

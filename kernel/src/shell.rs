@@ -70,7 +70,7 @@ fn execute(line: &str) {
     match words.next() {
         None => {}
         Some("help") => kprintln!(
-            "commands: help | threads | cpus | mem | ifconfig | usb | pipes | trace [N] | log [SPEC] | uptime\n  log SPEC sets console levels, e.g. `log warn,sched=debug`"
+            "commands: help | threads | cpus | mem | ifconfig | usb | pipes | trace [N] | log [SPEC] | uptime | fault TOKEN IFACE KIND\n  log SPEC sets console levels, e.g. `log warn,sched=debug`\n  fault (needs faults=TOKEN at boot): KIND is wedge, wedge-rx, stall, drop-irq:MS, fail-reset[:N] or reset"
         ),
         Some("threads") => {
             kprintln!("{:>4} {:<16} {:<9} {:<8} {:>3} {:>12}", "id", "name", "priority", "state", "cpu", "cpu time ms");
@@ -169,6 +169,16 @@ fn execute(line: &str) {
                     c.rx_frames.load(Ordering::Relaxed), c.rx_bytes.load(Ordering::Relaxed), c.rx_dropped_queue_full.load(Ordering::Relaxed),
                     c.tx_frames.load(Ordering::Relaxed), c.tx_bytes.load(Ordering::Relaxed), c.tx_dropped.load(Ordering::Relaxed)
                 );
+            }
+        }
+        Some("fault") => {
+            let rest = words.collect::<alloc::vec::Vec<_>>().join(" ");
+            match tether_netstack::fault::FaultRequest::from_words(&rest) {
+                None => kprintln!("usage: fault TOKEN IFACE wedge|wedge-rx|stall|drop-irq:MS|fail-reset[:N]|reset"),
+                Some(request) => match crate::net::fault::request(&request) {
+                    Ok(done) => kprintln!("{done}"),
+                    Err(error) => kprintln!("fault: {error}"),
+                },
             }
         }
         Some("uptime") => kprintln!("{} ms (booted by {})", time::now_ns() / 1_000_000, crate::boot::state().loader),

@@ -3,6 +3,7 @@
 
 mod device;
 mod echo;
+pub mod fault;
 pub mod nic;
 pub mod service;
 mod stream;
@@ -19,6 +20,7 @@ use tether_netstack::smoltcp::iface::{Config, Interface, SocketSet};
 use tether_netstack::smoltcp::socket::dhcpv4;
 use tether_netstack::smoltcp::time::Instant;
 use tether_netstack::smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, Ipv4Address};
+use tether_netstack::watchdog::Policy;
 
 use crate::sched::{Priority, Spawn};
 use crate::sync::Mutex;
@@ -90,10 +92,68 @@ pub fn next_name() -> String {
 /// A driver's new interface: starts its network thread.
 pub fn attach(nic: Arc<Nic>) {
     INTERFACES.lock().push(nic.clone());
+    start_thread(nic);
+}
+
+fn start_thread(nic: Arc<Nic>) {
     let addressing = addressing(&crate::boot::state().cmdline);
     Spawn::new(format!("net-{}", nic.name))
         .priority(Priority::Driver)
         .start(move || run(nic, addressing));
+}
+
+/// The interface for a device with this MAC: the one it had before it was unplugged (same
+/// name, addresses and sockets, so TCP connections survive a replug), or a new one. The
+/// driver then gives it a link with [`Nic::set_link`] and keeps its `tx_progress` counters.
+pub fn attach_link(mac: [u8; 6], rx_limit: usize) -> Arc<Nic> {
+    let mut interfaces = INTERFACES.lock();
+    if let Some(nic) = interfaces
+        .iter()
+        .find(|n| n.mac == mac && !n.has_link() && !n.gone.load(Ordering::Acquire))
+    {
+        log::info!("{}: device back, interface kept", nic.name);
+        return nic.clone();
+    }
+    let nic = Nic::unlinked(next_name(), mac, rx_limit, watchdog_policy());
+    interfaces.push(nic.clone());
+    drop(interfaces);
+    start_thread(nic.clone());
+    nic
+}
+
+/// `watchdog=` (default: progress with threshold 2).
+pub fn watchdog_policy() -> Policy {
+    let Ok(cmdline) = Cmdline::parse(&crate::boot::state().cmdline) else {
+        return Policy::default();
+    };
+    match cmdline.get("watchdog").map(Policy::parse) {
+        None => Policy::default(),
+        Some(Ok(policy)) => policy,
+        Some(Err(error)) => {
+            log::warn!("{error}; using the default");
+            Policy::default()
+        }
+    }
+}
+
+/// Default watchdog tick.
+pub const WATCHDOG_INTERVAL_MS: u64 = 1000;
+
+/// `watchdog_ms=` (100 to 60000), else a second.
+pub fn watchdog_interval_us() -> u64 {
+    let Ok(cmdline) = Cmdline::parse(&crate::boot::state().cmdline) else {
+        return WATCHDOG_INTERVAL_MS * 1000;
+    };
+    match cmdline.get("watchdog_ms") {
+        None => WATCHDOG_INTERVAL_MS * 1000,
+        Some(text) => match text.parse::<u64>() {
+            Ok(ms) if (100..=60_000).contains(&ms) => ms * 1000,
+            _ => {
+                log::warn!("watchdog_ms={text}: expected 100-60000; using {WATCHDOG_INTERVAL_MS}");
+                WATCHDOG_INTERVAL_MS * 1000
+            }
+        },
+    }
 }
 
 fn now() -> Instant {
@@ -143,6 +203,8 @@ fn run(nic: Arc<Nic>, addressing: Option<Addressing>) {
         None => Some(sockets.add(dhcpv4::Socket::new())),
     };
     let mut services = service::start(enabled, &mut sockets);
+    let tick_us = watchdog_interval_us();
+    let mut next_tick = time::now_us() + tick_us;
     while !nic.gone.load(Ordering::Acquire) {
         iface.poll(now(), &mut device, &mut sockets);
         if let Some(handle) = dhcp {
@@ -170,10 +232,15 @@ fn run(nic: Arc<Nic>, addressing: Option<Addressing>) {
         if moved {
             iface.poll(now(), &mut device, &mut sockets);
         }
+        let now_us = time::now_us();
+        if now_us >= next_tick {
+            nic.watchdog_tick();
+            next_tick = now_us + tick_us;
+        }
         let delay_us = iface
             .poll_delay(now(), &sockets)
             .map_or(1_000_000, |d| d.total_micros())
-            .min(1_000_000);
+            .min(next_tick.saturating_sub(time::now_us()));
         if delay_us > 0 {
             nic.wake.down_timeout(delay_us * 1000);
         }

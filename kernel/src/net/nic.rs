@@ -1,6 +1,7 @@
 //! A network interface as the stack sees it: a bounded receive queue the driver fills, a
-//! transmit hook the driver implements, the carrier, and counters. Frames that do not fit are
-//! dropped and counted, never reported as sent.
+//! transmit link the driver implements (replaceable: a replugged device takes over its old
+//! interface), the carrier, the TX watchdog's two counters, and counters. Frames that do not fit
+//! are dropped and counted, never reported as sent.
 
 use alloc::collections::VecDeque;
 use alloc::string::String;
@@ -8,12 +9,27 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use tether_netstack::fault::Fault;
+use tether_netstack::watchdog::{Policy, TxActivity, Verdict, Watchdog};
+
 use crate::sync::{Semaphore, SpinLock};
 
-/// What a NIC driver does with an outgoing frame.
+/// What a NIC driver does for the stack.
 pub trait Transmit: Send + Sync {
     /// Queues `frame` to the device. Err: not queued (the caller counts it as dropped).
     fn transmit(&self, frame: &[u8]) -> Result<(), &'static str>;
+
+    /// Asks the driver to reset its device, in the driver's own thread, and returns at once.
+    /// false: this driver cannot reset.
+    fn request_reset(&self) -> bool {
+        false
+    }
+
+    /// Injects `fault` into the device. Err: this driver does not support it.
+    fn inject(&self, fault: Fault) -> Result<(), &'static str> {
+        let _ = fault;
+        Err("this driver has no fault injection")
+    }
 }
 
 #[derive(Default)]
@@ -21,9 +37,96 @@ pub struct NicCounters {
     pub rx_frames: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub rx_dropped_queue_full: AtomicU64,
+    /// Frames (and their bytes) the driver accepted for sending.
     pub tx_frames: AtomicU64,
     pub tx_bytes: AtomicU64,
+    /// Frames the driver refused (queue full, no buffer).
     pub tx_dropped: AtomicU64,
+    /// Frames dropped because the interface had no device (unplugged).
+    pub tx_dropped_no_link: AtomicU64,
+    /// Frames a reset took back from the device and queued again.
+    pub tx_requeued: AtomicU64,
+    /// Frames a reset took back and dropped (TCP resends them).
+    pub tx_dropped_reset: AtomicU64,
+    /// Times the watchdog decided to reset.
+    pub watchdog_fired: AtomicU64,
+    /// Resets completed, and attempts that failed.
+    pub resets: AtomicU64,
+    pub reset_failures: AtomicU64,
+    /// Times a device (re)bound to this interface.
+    pub links: AtomicU64,
+}
+
+/// The TX watchdog's inputs, kept by the driver: frames handed to the device and not yet
+/// completed, frames completed in total. The classic policy's start/complete hooks ride on the
+/// same calls.
+pub struct TxProgress {
+    queued: AtomicU64,
+    completed: AtomicU64,
+    classic: bool,
+    watchdog: SpinLock<Watchdog>,
+}
+
+impl TxProgress {
+    pub fn new(policy: Policy) -> TxProgress {
+        TxProgress {
+            queued: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            classic: matches!(policy, Policy::Classic { .. }),
+            watchdog: SpinLock::new("net.watchdog", Watchdog::new(policy)),
+        }
+    }
+
+    /// The driver handed one frame to the device.
+    pub fn started(&self) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.classic {
+            self.watchdog.lock().on_start();
+        }
+    }
+
+    /// The device completed `frames` (sent, or failed and given up).
+    pub fn finished(&self, frames: u64) {
+        if frames == 0 {
+            return;
+        }
+        self.completed.fetch_add(frames, Ordering::AcqRel);
+        let before = self.queued.fetch_sub(frames, Ordering::AcqRel);
+        if self.classic && before == frames {
+            self.watchdog.lock().on_queue_empty();
+        }
+    }
+
+    /// A reset took `frames` back from the device without completing them.
+    pub fn withdrawn(&self, frames: u64) {
+        self.queued.fetch_sub(frames, Ordering::AcqRel);
+    }
+
+    pub fn activity(&self) -> TxActivity {
+        TxActivity {
+            queued: self.queued.load(Ordering::Acquire),
+            completed: self.completed.load(Ordering::Acquire),
+        }
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.watchdog.lock().policy()
+    }
+
+    /// The watchdog's timer (for status pages).
+    pub fn timer(&self) -> u32 {
+        self.watchdog.lock().timer()
+    }
+
+    fn tick(&self) -> Verdict {
+        let activity = self.activity();
+        self.watchdog.lock().tick(activity)
+    }
+
+    fn after_reset(&self) {
+        let activity = self.activity();
+        self.watchdog.lock().after_reset(activity);
+    }
 }
 
 pub struct Nic {
@@ -31,28 +134,68 @@ pub struct Nic {
     pub mac: [u8; 6],
     rx: SpinLock<VecDeque<Vec<u8>>>,
     rx_limit: usize,
-    tx: Arc<dyn Transmit>,
+    link: SpinLock<Option<Arc<dyn Transmit>>>,
     pub carrier: AtomicBool,
     pub counters: NicCounters,
+    /// The watchdog's counters; the driver updates them.
+    pub tx_progress: TxProgress,
+    /// The last reset attempt failed (the driver retries with backoff).
+    pub reset_failing: AtomicBool,
     /// Wakes the interface's network thread (a frame arrived, the carrier changed).
     pub wake: Semaphore,
-    /// Set when the driver is gone; the network thread then ends.
+    /// Set when the interface is removed; the network thread then ends.
     pub gone: AtomicBool,
 }
 
 impl Nic {
+    /// An interface with its link in place (the driver does not keep TX progress: no
+    /// watchdog).
     pub fn new(name: String, mac: [u8; 6], rx_limit: usize, tx: Arc<dyn Transmit>) -> Arc<Nic> {
+        let nic = Nic::unlinked(name, mac, rx_limit, Policy::Off);
+        nic.set_link(tx);
+        nic
+    }
+
+    /// An interface without a device yet; [`Nic::set_link`] adds one.
+    pub fn unlinked(name: String, mac: [u8; 6], rx_limit: usize, policy: Policy) -> Arc<Nic> {
         Arc::new(Nic {
             name,
             mac,
             rx: SpinLock::new("net.rx_queue", VecDeque::new()),
             rx_limit,
-            tx,
+            link: SpinLock::new("net.link", None),
             carrier: AtomicBool::new(false),
             counters: NicCounters::default(),
+            tx_progress: TxProgress::new(policy),
+            reset_failing: AtomicBool::new(false),
             wake: Semaphore::new(0),
             gone: AtomicBool::new(false),
         })
+    }
+
+    /// A device (new, or replugged) drives this interface from now on.
+    pub fn set_link(&self, tx: Arc<dyn Transmit>) {
+        *self.link.lock() = Some(tx);
+        self.counters.links.fetch_add(1, Ordering::Relaxed);
+        self.tx_progress.after_reset();
+        self.wake.up();
+    }
+
+    /// The device went away; the interface, its addresses and sockets stay for its return.
+    pub fn unlink(&self) {
+        self.link.lock().take();
+        self.set_carrier(false);
+        // Whatever was queued to the old device will never complete.
+        let queued = self.tx_progress.activity().queued;
+        self.tx_progress.withdrawn(queued);
+    }
+
+    pub fn has_link(&self) -> bool {
+        self.link.lock().is_some()
+    }
+
+    fn link(&self) -> Option<Arc<dyn Transmit>> {
+        self.link.lock().clone()
     }
 
     /// The driver hands over a received frame.
@@ -78,7 +221,13 @@ impl Nic {
     }
 
     pub fn send(&self, frame: &[u8]) {
-        match self.tx.transmit(frame) {
+        let Some(link) = self.link() else {
+            self.counters
+                .tx_dropped_no_link
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match link.transmit(frame) {
             Ok(()) => {
                 self.counters.tx_frames.fetch_add(1, Ordering::Relaxed);
                 self.counters
@@ -96,8 +245,70 @@ impl Nic {
         self.wake.up();
     }
 
+    /// Removes the interface (its network thread ends).
     pub fn detach(&self) {
         self.gone.store(true, Ordering::Release);
         self.wake.up();
+    }
+
+    /// The network thread's periodic watchdog check: asks the driver to reset when the policy
+    /// says so. Every firing is a trace record and a counter.
+    pub fn watchdog_tick(&self) {
+        if self.tx_progress.tick() != Verdict::Reset {
+            return;
+        }
+        self.counters.watchdog_fired.fetch_add(1, Ordering::Relaxed);
+        let activity = self.tx_progress.activity();
+        log::warn!(
+            "{}: watchdog ({}): {} frames queued, no completion; resetting",
+            self.name,
+            self.tx_progress.policy(),
+            activity.queued
+        );
+        self.request_reset();
+    }
+
+    /// Asks the driver for a reset. false: no device, or it cannot reset.
+    pub fn request_reset(&self) -> bool {
+        match self.link() {
+            Some(link) if link.request_reset() => true,
+            Some(_) => {
+                log::warn!("{}: the driver cannot reset its device", self.name);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The driver reports a reset attempt's outcome.
+    pub fn reset_finished(&self, result: Result<(), &str>) {
+        match result {
+            Ok(()) => {
+                self.counters.resets.fetch_add(1, Ordering::Relaxed);
+                self.reset_failing.store(false, Ordering::Release);
+                self.tx_progress.after_reset();
+            }
+            Err(error) => {
+                self.counters.reset_failures.fetch_add(1, Ordering::Relaxed);
+                self.reset_failing.store(true, Ordering::Release);
+                log::warn!("{}: reset failed: {error}", self.name);
+            }
+        }
+        self.wake.up();
+    }
+
+    /// Fault injection through the driver.
+    pub fn inject(&self, fault: Fault) -> Result<(), &'static str> {
+        match (fault, self.link()) {
+            (_, None) => Err("the interface has no device"),
+            (Fault::Reset, Some(_)) => {
+                if self.request_reset() {
+                    Ok(())
+                } else {
+                    Err("the driver cannot reset its device")
+                }
+            }
+            (fault, Some(link)) => link.inject(fault),
+        }
     }
 }
