@@ -26,10 +26,18 @@ RUN OPTIONS:
     --append CMDLINE         kernel command line (for bios/uefi it goes into grub.cfg)
     --smp N                  CPUs (default 2)
     --memory SIZE            guest memory as QEMU's -m takes it (default 256M)
-    --net usb-user           qemu-xhci + usb-net on QEMU user networking
+    --net usb|virtio|usb,virtio|none
+                             NICs (default usb: qemu-xhci + usb-net); each on its own back-end
+    --rndis                  usb-net in its RNDIS configuration (kernel usbnet=rndis)
+    --tap IFNAME             back-ends on an existing host tap device instead of user
+                             networking (ip tuntap add dev IFNAME mode tap user $USER)
     --forward [tcp:|udp:]HOST:GUEST
-                             forward 127.0.0.1:HOST to the guest's port GUEST (implies
-                             --net usb-user); may be repeated
+                             also forward 127.0.0.1:HOST to the guest's port GUEST; the
+                             services' ports are forwarded by default (5201->5201, 8080->80,
+                             8007->7, 8009->9, 8019->19; a busy host port moves to a free one)
+    --usb-host VVVV:PPPP|BUS:ADDR
+                             pass a real USB device through (vendor:product in hex, or lsusb's
+                             bus and device numbers); may be repeated
     --qemu-arg ARG           pass ARG to QEMU as is; may be repeated
     --kernel ELF             boot this kernel ELF instead of building one (also for test, bench)
     --dry-run                print the commands instead of running them
@@ -76,10 +84,8 @@ pub struct RunOptions {
     pub cpus: u32,
     /// Memory (`-m`).
     pub memory: String,
-    /// Add the usb-net user-network preset.
-    pub usb_net: bool,
-    /// Ports forwarded from 127.0.0.1.
-    pub forwards: Vec<PortForward>,
+    /// The appliance's NICs, back-end, forwards and passthrough.
+    pub net: crate::appliance::ApplianceNet,
     /// Extra QEMU arguments.
     pub qemu_args: Vec<String>,
     /// Print commands instead of running them.
@@ -95,8 +101,7 @@ impl Default for RunOptions {
             cmdline: String::new(),
             cpus: 2,
             memory: "256M".to_string(),
-            usb_net: false,
-            forwards: Vec::new(),
+            net: crate::appliance::ApplianceNet::default(),
             qemu_args: Vec::new(),
             dry_run: false,
             kernel: None,
@@ -250,17 +255,45 @@ fn parse_run(rest: &mut Args<'_>) -> Result<RunOptions, String> {
             "--append" => options.cmdline = rest.value(flag)?.to_string(),
             "--smp" => options.cpus = rest.number(flag)?,
             "--memory" | "-m" => options.memory = rest.value(flag)?.to_string(),
-            "--net" => match rest.value(flag)? {
-                "usb-user" => options.usb_net = true,
-                "none" => options.usb_net = false,
-                other => return Err(format!("--net {other:?}: expected usb-user or none")),
-            },
-            "--forward" => {
-                options
-                    .forwards
-                    .push(PortForward::parse(rest.value(flag)?)?);
-                options.usb_net = true;
+            "--net" => {
+                let value = rest.value(flag)?;
+                let (mut usb, mut virtio) = (false, false);
+                for word in value.split(',') {
+                    match word {
+                        "usb" | "usb-user" => usb = true,
+                        "virtio" => virtio = true,
+                        "none" if value == "none" => {}
+                        _ => {
+                            return Err(format!(
+                                "--net {value:?}: expected usb, virtio, usb,virtio or none"
+                            ))
+                        }
+                    }
+                }
+                options.net.usb_net = usb;
+                options.net.virtio = virtio;
             }
+            "--rndis" => options.net.usb_config = crate::appliance::UsbNetConfig::Rndis,
+            "--tap" => {
+                let name = rest.value(flag)?;
+                let valid = !name.is_empty()
+                    && name.len() < 16
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                if !valid {
+                    return Err(format!("--tap {name:?}: not an interface name"));
+                }
+                options.net.backend = crate::appliance::Backend::Tap(name.to_string());
+            }
+            "--forward" => options
+                .net
+                .forwards
+                .push(PortForward::parse(rest.value(flag)?)?),
+            "--usb-host" => options
+                .net
+                .usb_host
+                .push(crate::appliance::UsbHost::parse(rest.value(flag)?)?),
             "--qemu-arg" => options.qemu_args.push(rest.value(flag)?.to_string()),
             "--dry-run" => options.dry_run = true,
             "--kernel" => options.kernel = Some(rest.value(flag)?.into()),
@@ -337,8 +370,11 @@ mod tests {
         assert_eq!(o.cmdline, "lockcheck=on");
         assert_eq!(o.cpus, 4);
         assert_eq!(o.memory, "1G");
-        assert!(o.usb_net);
-        assert_eq!(o.forwards.len(), 1);
+        assert!(o.net.usb_net);
+        assert_eq!(
+            o.net.forwards.len(),
+            crate::appliance::DEFAULT_FORWARDS.len() + 1
+        );
         assert_eq!(o.qemu_args, ["-s"]);
         assert!(o.dry_run);
     }
@@ -401,6 +437,28 @@ mod tests {
                 output: Some("x.iso".into())
             })
         );
+    }
+
+    #[test]
+    fn network_options() {
+        use crate::appliance::{Backend, UsbNetConfig};
+        let Ok(Cli::Run(o)) =
+            parse_str("run --net usb,virtio --rndis --tap tether0 --usb-host 0b95:1790")
+        else {
+            panic!()
+        };
+        assert!(o.net.usb_net && o.net.virtio);
+        assert_eq!(o.net.usb_config, UsbNetConfig::Rndis);
+        assert_eq!(o.net.backend, Backend::Tap("tether0".into()));
+        assert_eq!(o.net.usb_host.len(), 1);
+        let Ok(Cli::Run(o)) = parse_str("run --net none") else {
+            panic!()
+        };
+        assert!(o.net.is_empty());
+        assert!(parse_str("run --net wifi").is_err());
+        assert!(parse_str("run --net none,usb").is_err());
+        assert!(parse_str("run --tap 'bad name'").is_err());
+        assert!(parse_str("run --usb-host 12").is_err());
     }
 
     #[test]

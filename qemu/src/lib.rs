@@ -8,6 +8,7 @@
 //! - [`hotplug`]: the host-driven USB hotplug test (QMP unplug/replug cycles).
 //! - [`boots`], [`test_run`], [`host_tests`], [`pool`], [`report`]: `tether test`.
 //! - [`bench`]: `tether bench boot`; [`bench_net`]: `tether bench net` (Tether beside the Linux peer).
+//! - [`appliance`]: the NICs, back-ends, forwards and passthrough of `tether run`.
 //! - [`run`]: `tether run` (the interactive boot) and `tether iso`.
 //! - [`cli`]: argument parsing.
 //!
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod appliance;
 pub mod bench;
 pub mod bench_net;
 pub mod boots;

@@ -4,17 +4,26 @@ use crate::cli::{BootMode, RunOptions};
 use crate::deps::{self, Need};
 use crate::kernel_build;
 use crate::paths;
-use crate::preset::{Boot, Machine, Network};
+use crate::preset::{Boot, Machine};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use tether_tests::protocol::KernelExit;
+
+/// The kernel command line: the user's, after the keys the network options need.
+pub fn kernel_cmdline(options: &RunOptions) -> String {
+    let mut words = options.net.kernel_keys();
+    if !options.cmdline.is_empty() {
+        words.push(options.cmdline.clone());
+    }
+    words.join(" ")
+}
 
 /// The machine `options` describe, for a kernel ELF or an ISO at the usual places.
 pub fn machine_for(options: &RunOptions) -> Machine {
     let boot = match options.boot {
         BootMode::Pvh => Boot::Pvh {
             kernel: options.kernel.clone().unwrap_or_else(paths::kernel_elf),
-            cmdline: options.cmdline.clone(),
+            cmdline: kernel_cmdline(options),
         },
         BootMode::Iso(firmware) => Boot::Iso {
             iso: paths::iso_path(),
@@ -24,12 +33,8 @@ pub fn machine_for(options: &RunOptions) -> Machine {
     let mut machine = Machine::new(boot);
     machine.cpus = options.cpus;
     machine.memory = options.memory.clone();
-    if options.usb_net {
-        machine.network = Network::UsbNetUser {
-            forwards: options.forwards.clone(),
-        };
-    }
-    machine.extra_args = options.qemu_args.clone();
+    machine.extra_args = options.net.qemu_args();
+    machine.extra_args.extend(options.qemu_args.iter().cloned());
     machine
 }
 
@@ -50,8 +55,15 @@ pub fn run_interactive(options: &RunOptions) -> Result<i32> {
             println!("{}", crate::preset::shell_line("grub-mkrescue", &args));
         }
         println!("{machine}");
+        print!("{}", options.net.service_lines());
         return Ok(0);
     }
+    let mut options = options.clone();
+    for (wanted, got) in crate::appliance::avoid_busy_ports(&mut options.net.forwards) {
+        eprintln!("tether: host port {wanted} is taken; using {got} instead");
+    }
+    let options = &options;
+    let machine = machine_for(options);
     let mut needs = vec![Need::Qemu];
     if let BootMode::Iso(firmware) = options.boot {
         needs.push(Need::IsoTools);
@@ -62,9 +74,10 @@ pub fn run_interactive(options: &RunOptions) -> Result<i32> {
     deps::ensure_host_tools(&needs)?;
     let kernel = kernel_build::prebuilt_or_build(options.kernel.as_deref())?;
     if let BootMode::Iso(_) = options.boot {
-        build_iso(&kernel, &options.cmdline, &paths::iso_path())?;
+        build_iso(&kernel, &kernel_cmdline(options), &paths::iso_path())?;
     }
     eprintln!("tether: {machine}");
+    eprint!("{}", options.net.service_lines());
     eprintln!("tether: serial console follows; Ctrl-C stops QEMU");
     let status = machine
         .command()

@@ -219,9 +219,13 @@ fn run(nic: Arc<Nic>, addressing: Option<Addressing>) {
                     announce(&nic, &lease, "DHCP lease", enabled);
                 }
                 Some(dhcpv4::Event::Deconfigured) => {
+                    // smoltcp reports Deconfigured once at start too: only a lease we had
+                    // can be lost.
+                    if iface.ipv4_addr().is_some() {
+                        log::info!("{}: DHCP lease lost", nic.name);
+                    }
                     iface.update_ip_addrs(|addrs| addrs.clear());
                     iface.routes_mut().remove_default_ipv4_route();
-                    log::info!("{}: DHCP lease lost", nic.name);
                 }
                 None => {}
             }
