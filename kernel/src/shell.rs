@@ -70,7 +70,7 @@ fn execute(line: &str) {
     match words.next() {
         None => {}
         Some("help") => kprintln!(
-            "commands: help | threads | cpus | mem | ifconfig | usb | pipes | trace [N] | log [SPEC] | uptime | fault TOKEN IFACE KIND\n  log SPEC sets console levels, e.g. `log warn,sched=debug`\n  fault (needs faults=TOKEN at boot): KIND is wedge, wedge-rx, stall, drop-irq:MS, fail-reset[:N] or reset"
+            "commands: help | threads | cpus | mem | ifconfig | usb | pipes | trace [N] | log [SPEC] | uptime | ping ADDR [MS [N]] | ping stop | fault TOKEN IFACE KIND\n  log SPEC sets console levels, e.g. `log warn,sched=debug`\n  fault (needs faults=TOKEN at boot): KIND is wedge, wedge-rx, stall, drop-irq:MS, fail-reset[:N] or reset"
         ),
         Some("threads") => {
             kprintln!("{:>4} {:<16} {:<9} {:<8} {:>3} {:>12}", "id", "name", "priority", "state", "cpu", "cpu time ms");
@@ -171,6 +171,24 @@ fn execute(line: &str) {
                 );
             }
         }
+        Some("ping") => match (words.next(), words.next(), words.next()) {
+            (Some("stop"), None, None) => crate::net::ping::start(None),
+            (Some(target), interval, count) => {
+                let target = crate::net::parse_ipv4(target);
+                let interval_ms = interval.map_or(Some(1000), |i| i.parse::<u64>().ok().filter(|ms| (10..=60_000).contains(ms)));
+                let count = match count {
+                    None => Some(None),
+                    Some(c) => c.parse::<u32>().ok().filter(|c| *c > 0).map(Some),
+                };
+                match (target, interval_ms, count) {
+                    (Some(target), Some(interval_ms), Some(count)) => {
+                        crate::net::ping::start(Some(crate::net::ping::PingRequest { target, interval_ms, count }))
+                    }
+                    _ => kprintln!("usage: ping A.B.C.D [INTERVAL_MS 10-60000 [COUNT]] | ping stop"),
+                }
+            }
+            _ => kprintln!("usage: ping A.B.C.D [INTERVAL_MS [COUNT]] | ping stop"),
+        },
         Some("fault") => {
             let rest = words.collect::<alloc::vec::Vec<_>>().join(" ");
             match tether_netstack::fault::FaultRequest::from_words(&rest) {

@@ -5,6 +5,7 @@ mod device;
 mod echo;
 pub mod fault;
 pub mod nic;
+pub mod ping;
 pub mod service;
 mod stream;
 
@@ -35,7 +36,7 @@ pub struct Addressing {
     pub gateway: Option<Ipv4Address>,
 }
 
-fn parse_ipv4(text: &str) -> Option<Ipv4Address> {
+pub fn parse_ipv4(text: &str) -> Option<Ipv4Address> {
     let mut octets = [0u8; 4];
     let mut parts = text.split('.');
     for octet in &mut octets {
@@ -203,6 +204,7 @@ fn run(nic: Arc<Nic>, addressing: Option<Addressing>) {
         None => Some(sockets.add(dhcpv4::Socket::new())),
     };
     let mut services = service::start(enabled, &mut sockets);
+    let mut pinger = ping::Pinger::new(&mut sockets, &nic.name);
     let tick_us = watchdog_interval_us();
     let mut next_tick = time::now_us() + tick_us;
     while !nic.gone.load(Ordering::Acquire) {
@@ -233,6 +235,7 @@ fn run(nic: Arc<Nic>, addressing: Option<Addressing>) {
         let moved = services
             .iter_mut()
             .fold(false, |moved, service| service.run(&mut sockets) | moved);
+        let ping_due_us = pinger.run(&mut sockets);
         if moved {
             iface.poll(now(), &mut device, &mut sockets);
         }
@@ -244,7 +247,8 @@ fn run(nic: Arc<Nic>, addressing: Option<Addressing>) {
         let delay_us = iface
             .poll_delay(now(), &sockets)
             .map_or(1_000_000, |d| d.total_micros())
-            .min(next_tick.saturating_sub(time::now_us()));
+            .min(next_tick.saturating_sub(time::now_us()))
+            .min(ping_due_us.unwrap_or(u64::MAX));
         if delay_us > 0 {
             nic.wake.down_timeout(delay_us * 1000);
         }
