@@ -18,8 +18,15 @@ pub const CMDLINE: &str = "";
 pub const DEVICE_ID: &str = "usbnet0";
 /// QEMU driver of that device.
 pub const DEVICE_DRIVER: &str = "usb-net";
-/// Properties `device_add` gives it (the same as on the command line).
-pub const DEVICE_PROPS: &[(&str, &str)] = &[("bus", "xhci.0"), ("netdev", "n0"), ("id", DEVICE_ID)];
+/// Properties `device_add` gives it (the same as on the command line). The MAC is fixed, as a
+/// real dongle's is: QEMU would otherwise give every new NIC the next address, and the kernel
+/// keeps an unplugged interface for the device with its MAC.
+pub const DEVICE_PROPS: &[(&str, &str)] = &[
+    ("bus", "xhci.0"),
+    ("netdev", "n0"),
+    ("id", DEVICE_ID),
+    ("mac", "52:54:00:12:34:56"),
+];
 /// QEMU arguments on top of the base machine.
 pub const QEMU_ARGS: &[&str] = &[
     "-device",
@@ -27,7 +34,7 @@ pub const QEMU_ARGS: &[&str] = &[
     "-netdev",
     "user,id=n0",
     "-device",
-    "usb-net,bus=xhci.0,netdev=n0,id=usbnet0",
+    "usb-net,bus=xhci.0,netdev=n0,id=usbnet0,mac=52:54:00:12:34:56",
 ];
 /// USB vendor and product ID of QEMU's usb-net.
 pub const VID_PID: (u16, u16) = (0x0525, 0xa4a2);
@@ -150,7 +157,10 @@ mod tests {
 
     #[test]
     fn machine_matches_device_add() {
-        assert_eq!(device_add_text(), "usb-net,bus=xhci.0,netdev=n0,id=usbnet0");
+        assert_eq!(
+            device_add_text(),
+            "usb-net,bus=xhci.0,netdev=n0,id=usbnet0,mac=52:54:00:12:34:56"
+        );
         assert!(QEMU_ARGS.contains(&device_add_text().as_str()));
     }
 }

@@ -103,6 +103,9 @@ fn start_thread(nic: Arc<Nic>) {
         .start(move || run(nic, addressing));
 }
 
+/// Unplugged interfaces kept for their device's return, at most.
+const MAX_WAITING_INTERFACES: usize = 4;
+
 /// The interface for a device with this MAC: the one it had before it was unplugged (same
 /// name, addresses and sockets, so TCP connections survive a replug), or a new one. The
 /// driver then gives it a link with [`Nic::set_link`] and keeps its `tx_progress` counters.
@@ -114,6 +117,20 @@ pub fn attach_link(mac: [u8; 6], rx_limit: usize) -> Arc<Nic> {
     {
         log::info!("{}: device back, interface kept", nic.name);
         return nic.clone();
+    }
+    // Interfaces kept for devices that have not come back: at most a few (a user trying one
+    // dongle after another must not grow memory without bound); the oldest goes first.
+    let waiting: Vec<Arc<Nic>> = interfaces
+        .iter()
+        .filter(|n| !n.has_link() && !n.gone.load(Ordering::Acquire))
+        .cloned()
+        .collect();
+    if let Some(oldest) = waiting
+        .first()
+        .filter(|_| waiting.len() >= MAX_WAITING_INTERFACES)
+    {
+        log::info!("{}: removed (its device did not come back)", oldest.name);
+        oldest.detach();
     }
     let nic = Nic::unlinked(next_name(), mac, rx_limit, watchdog_policy());
     interfaces.push(nic.clone());
