@@ -19,6 +19,13 @@ USAGE (from the repository, through cargo):
                                                  iperf3 through Tether and through the Linux guest
                                                  of ../shared/peer-linux on the same devices; one
                                                  table with ratios (root: uses a network namespace)
+    cargo run --release -- bench recovery [--policies LIST] [--loads LIST] [--wedges N]
+                                          [--no-unplug] [--verbose]
+                                                 wedge the usb-net N times per TX watchdog policy
+                                                 (default progress,classic) and load (idle,busy,
+                                                 light); time to detection, to the first frame
+                                                 after the reset, to TCP moving; then an
+                                                 unplug/replug under load
 
 RUN OPTIONS:
     --boot pvh|bios|uefi     pvh: QEMU loads the ELF (-kernel, default); bios: the ISO under
@@ -134,6 +141,8 @@ pub enum Cli {
     },
     /// Network benchmark against the Linux peer.
     BenchNet(crate::bench_net::NetBenchOptions),
+    /// Recovery benchmark.
+    BenchRecovery(crate::bench_recovery::RecoveryOptions),
     /// Print usage.
     Help,
 }
@@ -182,8 +191,14 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
                     rest.index = 1;
                     return parse_bench_net(&mut rest).map(Cli::BenchNet);
                 }
+                Some(&"recovery") => {
+                    rest.index = 1;
+                    return parse_bench_recovery(&mut rest).map(Cli::BenchRecovery);
+                }
                 Some(other) => {
-                    return Err(format!("unknown benchmark {other:?} (known: boot, net)"))
+                    return Err(format!(
+                        "unknown benchmark {other:?} (known: boot, net, recovery)"
+                    ))
                 }
                 None => {
                     return Err("`bench` needs a benchmark name: `bench boot`, `bench net`".into())
@@ -235,6 +250,42 @@ fn parse_bench_net(rest: &mut Args<'_>) -> Result<crate::bench_net::NetBenchOpti
             "--kernel" => options.kernel = Some(rest.value(flag)?.into()),
             "--verbose" | "-v" => options.verbose = true,
             _ => return Err(rest.unknown(flag, "bench net")),
+        }
+    }
+    Ok(options)
+}
+
+fn parse_bench_recovery(
+    rest: &mut Args<'_>,
+) -> Result<crate::bench_recovery::RecoveryOptions, String> {
+    use crate::bench_recovery::{Load, RecoveryOptions};
+    use tether_netstack::watchdog::Policy;
+    let mut options = RecoveryOptions::default();
+    while let Some(flag) = rest.next_flag()? {
+        match flag {
+            "--policies" => {
+                options.policies = rest
+                    .value(flag)?
+                    .split(',')
+                    .map(|p| {
+                        Policy::parse(p)
+                            .map(|_| p.to_string())
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--loads" => {
+                options.loads = rest
+                    .value(flag)?
+                    .split(',')
+                    .map(Load::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            "--wedges" => options.wedges = rest.number(flag)? as usize,
+            "--no-unplug" => options.unplug = false,
+            "--kernel" => options.kernel = Some(rest.value(flag)?.into()),
+            "--verbose" | "-v" => options.verbose = true,
+            _ => return Err(rest.unknown(flag, "bench recovery")),
         }
     }
     Ok(options)
@@ -427,6 +478,15 @@ mod tests {
         );
         assert_eq!(net.backends, [crate::bench_net::Backend::Tap]);
         assert_eq!((net.runs, net.peer), (2, false));
+        let Ok(Cli::BenchRecovery(recovery)) =
+            parse_str("bench recovery --policies progress:3,classic --loads light --wedges 2")
+        else {
+            panic!("bench recovery not parsed")
+        };
+        assert_eq!(recovery.policies, ["progress:3", "classic"]);
+        assert_eq!(recovery.loads, [crate::bench_recovery::Load::Light]);
+        assert_eq!(recovery.wedges, 2);
+        assert!(parse_str("bench recovery --policies fast").is_err());
         assert!(parse_str("bench net --devices e1000")
             .unwrap_err()
             .contains("e1000"));

@@ -7,7 +7,8 @@
 //! - [`qmp`]: a QMP client (QEMU's machine protocol) for host-driven tests such as hotplug.
 //! - [`hotplug`]: the host-driven USB hotplug test (QMP unplug/replug cycles).
 //! - [`boots`], [`test_run`], [`host_tests`], [`pool`], [`report`]: `tether test`.
-//! - [`bench`]: `tether bench boot`; [`bench_net`]: `tether bench net` (Tether beside the Linux peer).
+//! - [`bench`]: `tether bench boot`; [`bench_net`]: `tether bench net` (Tether beside the Linux
+//!   peer); [`bench_recovery`]: `tether bench recovery` (TX watchdog policies, wedges, replug).
 //! - [`appliance`]: the NICs, back-ends, forwards and passthrough of `tether run`.
 //! - [`run`]: `tether run` (the interactive boot) and `tether iso`.
 //! - [`cli`]: argument parsing.
@@ -20,6 +21,7 @@
 pub mod appliance;
 pub mod bench;
 pub mod bench_net;
+pub mod bench_recovery;
 pub mod boots;
 pub mod cli;
 pub mod deps;
