@@ -421,15 +421,30 @@ impl Response {
 
     /// Status line and headers, Content-Length being the body's length.
     pub fn write_head_to(&self, out: &mut Vec<u8>) {
+        self.write_head(Some(self.body.len()), out);
+    }
+
+    /// Status line and headers for a body produced while it is sent, of a length not known
+    /// up front: no Content-Length, so the body ends where the server closes the connection
+    /// (RFC 9112 6.3, the last rule; fine for HTTP/1.0 and 1.1 clients alike). `self.body` is
+    /// not part of it.
+    pub fn write_streaming_head_to(&self, out: &mut Vec<u8>) {
+        self.write_head(None, out);
+    }
+
+    fn write_head(&self, content_length: Option<usize>, out: &mut Vec<u8>) {
         let mut head = String::new();
         let _ = write!(
             head,
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n",
             self.status,
             reason_phrase(self.status),
             self.content_type,
-            self.body.len()
         );
+        if let Some(length) = content_length {
+            let _ = write!(head, "Content-Length: {length}\r\n");
+        }
+        head.push_str("Connection: close\r\n");
         for (n, v) in &self.headers {
             let _ = write!(head, "{n}: {v}\r\n");
         }
@@ -805,6 +820,14 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Content-Type: aSet-Cookie: x\r\n"), "{text}");
         assert!(text.contains("X: 12\r\n"), "{text}");
+        let mut out = Vec::new();
+        Response::new(200, "text/plain", "ignored")
+            .with_header("X", "1")
+            .write_streaming_head_to(&mut out);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\nX: 1\r\n\r\n"
+        );
         let mut out = Vec::new();
         HttpError::MethodNotAllowed.response().write_to(&mut out);
         let text = String::from_utf8(out).unwrap();
