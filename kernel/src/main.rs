@@ -45,6 +45,8 @@ mod sched;
 #[cfg(target_os = "none")]
 mod shell;
 #[cfg(target_os = "none")]
+mod status;
+#[cfg(target_os = "none")]
 #[allow(dead_code, unused_imports)] // driver-facing API; the USB stack is its next user
 mod sync;
 #[cfg(target_os = "none")]

@@ -8,10 +8,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use tether_kcore::cmdline::LevelSpec;
 
 use crate::arch::{ioapic, trap};
-use crate::mem::{frames, heap};
 use crate::sched::{self, Priority};
 use crate::sync::Semaphore;
-use crate::{console, cpu, time, trace};
+use crate::{console, cpu, status, trace};
 
 static INPUT: Semaphore = Semaphore::new(0);
 static IRQS: AtomicU64 = AtomicU64::new(0);
@@ -65,27 +64,21 @@ fn run() {
     }
 }
 
+/// Prints a report from [`status`] (the same text the HTTP status page shows).
+fn print(report: status::Report) {
+    let mut text = String::new();
+    report(&mut text);
+    console::write_str(&text);
+}
+
 fn execute(line: &str) {
     let mut words = line.split_whitespace();
     match words.next() {
         None => {}
         Some("help") => kprintln!(
-            "commands: help | threads | cpus | mem | ifconfig | usb | pipes | trace [N] | log [SPEC] | uptime | ping ADDR [MS [N]] | ping stop | fault TOKEN IFACE KIND\n  log SPEC sets console levels, e.g. `log warn,sched=debug`\n  fault (needs faults=TOKEN at boot): KIND is wedge, wedge-rx, stall, drop-irq:MS, fail-reset[:N] or reset"
+            "commands: help | threads | cpus | mem | ifconfig | counters | usb | pipes | trace [N] | log [SPEC] | uptime | ping ADDR [MS [N]] | ping stop | fault TOKEN IFACE KIND\n  log SPEC sets console levels, e.g. `log warn,sched=debug`\n  fault (needs faults=TOKEN at boot): KIND is wedge, wedge-rx, stall, drop-irq:MS, fail-reset[:N] or reset"
         ),
-        Some("threads") => {
-            kprintln!("{:>4} {:<16} {:<9} {:<8} {:>3} {:>12}", "id", "name", "priority", "state", "cpu", "cpu time ms");
-            for t in sched::threads() {
-                kprintln!(
-                    "{:>4} {:<16} {:<9} {:<8} {:>3} {:>12}",
-                    t.id,
-                    t.name,
-                    alloc::format!("{:?}", t.priority),
-                    t.state,
-                    t.cpu,
-                    t.cpu_time_ns / 1_000_000
-                );
-            }
-        }
+        Some("threads") => print(status::write_threads),
         Some("cpus") => {
             for c in (0..cpu::count()).filter_map(cpu::get) {
                 kprintln!(
@@ -100,15 +93,7 @@ fn execute(line: &str) {
             }
             kprintln!("spurious interrupts {}, console interrupts {}", trap::spurious_count(), IRQS.load(Ordering::Relaxed));
         }
-        Some("mem") => kprintln!(
-            "frames: {} free of {} ({} MiB free); heap: {} KiB in use of {} KiB; {} thread stacks pooled",
-            frames::free_frames(),
-            frames::total_frames(),
-            (frames::free_frames() * 4096) >> 20,
-            heap::bytes_in_use() / 1024,
-            heap::bytes_owned() / 1024,
-            crate::mem::stacks::pooled()
-        ),
+        Some("mem") => print(status::write_mem),
         Some("trace") => {
             let n = words.next().and_then(|w| w.parse().ok()).unwrap_or(50);
             let (len, overwritten) = trace::ring_stats();
@@ -122,55 +107,10 @@ fn execute(line: &str) {
                 Err(error) => kprintln!("log: {error}"),
             },
         },
-        Some("usb") => {
-            for d in crate::usb::registry::devices() {
-                kprintln!(
-                    "{} {:<8} {:<9} {:04x}:{:04x} class {:02x} {:<24} {}",
-                    d.controller,
-                    d.port_path,
-                    alloc::format!("{:?}", d.speed),
-                    d.vendor_id,
-                    d.product_id,
-                    d.class,
-                    d.product.as_deref().unwrap_or("-"),
-                    d.driver.unwrap_or("no driver")
-                );
-            }
-        }
-        Some("pipes") => {
-            kprintln!("{:<6} {:>4} {:>5} {:<9} {:>7} {:>9} {:>9} {:>6} {:>6} {:>12}", "ctrl", "slot", "ep", "kind", "halted", "submitted", "completed", "errors", "stalls", "bytes");
-            for (name, controller) in crate::usb::controllers() {
-                for p in controller.pipes() {
-                    let c = p.counters;
-                    kprintln!(
-                        "{:<6} {:>4} {:>#5x} {:<9} {:>7} {:>9} {:>9} {:>6} {:>6} {:>12}",
-                        name,
-                        p.slot,
-                        p.address,
-                        alloc::format!("{:?}", p.kind),
-                        p.halted,
-                        c.submitted,
-                        c.completed,
-                        c.errors,
-                        c.stalls,
-                        c.bytes
-                    );
-                }
-            }
-        }
-        Some("ifconfig") => {
-            for nic in crate::net::interfaces() {
-                let c = &nic.counters;
-                let m = nic.mac;
-                kprintln!(
-                    "{}: mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} carrier {}\n  rx {} frames {} bytes, {} dropped (queue full)\n  tx {} frames {} bytes, {} dropped",
-                    nic.name, m[0], m[1], m[2], m[3], m[4], m[5],
-                    if nic.carrier.load(Ordering::Relaxed) { "up" } else { "down" },
-                    c.rx_frames.load(Ordering::Relaxed), c.rx_bytes.load(Ordering::Relaxed), c.rx_dropped_queue_full.load(Ordering::Relaxed),
-                    c.tx_frames.load(Ordering::Relaxed), c.tx_bytes.load(Ordering::Relaxed), c.tx_dropped.load(Ordering::Relaxed)
-                );
-            }
-        }
+        Some("usb") => print(status::write_usb_devices),
+        Some("pipes") => print(status::write_pipe_counters),
+        Some("ifconfig") => print(status::write_interfaces),
+        Some("counters") => print(status::write_counters),
         Some("ping") => match (words.next(), words.next(), words.next()) {
             (Some("stop"), None, None) => crate::net::ping::start(None),
             (Some(target), interval, count) => {
@@ -199,7 +139,7 @@ fn execute(line: &str) {
                 },
             }
         }
-        Some("uptime") => kprintln!("{} ms (booted by {})", time::now_ns() / 1_000_000, crate::boot::state().loader),
+        Some("uptime") => print(status::write_uptime),
         Some(other) => kprintln!("unknown command '{other}' (try help)"),
     }
 }

@@ -193,7 +193,8 @@ fn apply(iface: &mut Interface, addressing: &Addressing) {
 }
 
 /// The line tests wait for: the interface has an address and serves.
-fn announce(nic: &Nic, addressing: &Addressing, how: &str, services: Services) {
+fn announce(nic: &Nic, addressing: &Addressing, how: &'static str, services: Services) {
+    *nic.address.lock() = Some((*addressing, how));
     log::info!(
         "{}: {how} {}/{} gateway {}; serving {services}",
         nic.name,
@@ -244,6 +245,7 @@ fn run(nic: Arc<Nic>, addressing: Option<Addressing>) {
                         log::info!("{}: DHCP lease lost", nic.name);
                     }
                     iface.update_ip_addrs(|addrs| addrs.clear());
+                    *nic.address.lock() = None;
                     iface.routes_mut().remove_default_ipv4_route();
                 }
                 None => {}

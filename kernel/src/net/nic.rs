@@ -141,6 +141,9 @@ pub struct Nic {
     pub tx_progress: TxProgress,
     /// The last reset attempt failed (the driver retries with backoff).
     pub reset_failing: AtomicBool,
+    /// The IPv4 address in use and how it came ("static", "DHCP lease"), for status reports;
+    /// None while there is none.
+    pub address: SpinLock<Option<(super::Addressing, &'static str)>>,
     /// Wakes the interface's network thread (a frame arrived, the carrier changed).
     pub wake: Semaphore,
     /// Set when the interface is removed; the network thread then ends.
@@ -168,6 +171,7 @@ impl Nic {
             counters: NicCounters::default(),
             tx_progress: TxProgress::new(policy),
             reset_failing: AtomicBool::new(false),
+            address: SpinLock::new("net.address", None),
             wake: Semaphore::new(0),
             gone: AtomicBool::new(false),
         })
