@@ -32,6 +32,8 @@ mod ktest;
 #[allow(dead_code, unused_imports)] // driver-facing API; the USB stack is its next user
 mod mem;
 #[cfg(target_os = "none")]
+mod metrics;
+#[cfg(target_os = "none")]
 mod net;
 #[cfg(target_os = "none")]
 mod panic;

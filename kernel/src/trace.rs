@@ -4,11 +4,12 @@
 //! console, over the network later, and is dumped on panic.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt::Write;
 
 use tether_kcore::cmdline::LevelSpec;
 use tether_kcore::level::Level;
-use tether_kcore::trace::TraceRing;
+use tether_kcore::trace::{Record, TraceRing};
 
 use crate::sync::raw::RawSpinLock;
 
@@ -132,6 +133,23 @@ pub fn ring_text(max_records: usize) -> String {
         }
     }
     out
+}
+
+/// Seq range of the records the ring holds now: oldest held, and the next to be written.
+pub fn ring_span() -> (u64, u64) {
+    RING.lock()
+        .as_ref()
+        .map_or((0, 0), |r| (r.oldest_seq(), r.next_seq()))
+}
+
+/// Copies up to `max` records with seq >= `seq`, oldest first, into `out`, for a reader that
+/// formats them later (HTTP `/trace` streams the ring this way). Only copies under the lock:
+/// `out` is grown before it is taken, and nothing is formatted while other CPUs wait to log.
+pub fn copy_records_since(seq: u64, max: usize, out: &mut Vec<Record>) {
+    out.reserve(max);
+    if let Some(ring) = RING.lock().as_ref() {
+        out.extend(ring.since(seq).take(max).copied());
+    }
 }
 
 pub fn ring_stats() -> (usize, u64) {

@@ -4,6 +4,7 @@
 mod device;
 mod echo;
 pub mod fault;
+pub mod http;
 pub mod nic;
 pub mod ping;
 pub mod service;

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use tether_netstack::services::{ServiceKind, Services};
 use tether_netstack::smoltcp::iface::SocketSet;
 
-use super::{echo, stream};
+use super::{echo, http, stream};
 
 /// A service's socket work, done by the interface's network thread after each poll.
 pub trait Service: Send {
@@ -50,7 +50,8 @@ pub fn start(services: Services, sockets: &mut SocketSet<'static>) -> Vec<Box<dy
                     port,
                     2,
                 ))),
-                ServiceKind::Iperf3 | ServiceKind::Http => {
+                ServiceKind::Http => Some(Box::new(http::HttpService::new(sockets, port))),
+                ServiceKind::Iperf3 => {
                     log::warn!("{}: not implemented yet", kind.name());
                     None
                 }
