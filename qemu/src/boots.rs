@@ -30,7 +30,11 @@ pub struct BootSettings {
 }
 
 impl BootSettings {
-    fn spawn(&self, name: &str, machine: &Machine) -> Result<(Instance, PathBuf), TestOutcome> {
+    pub(crate) fn spawn(
+        &self,
+        name: &str,
+        machine: &Machine,
+    ) -> Result<(Instance, PathBuf), TestOutcome> {
         let log = self.log_dir.join(format!("{name}.log"));
         let echo = Echo {
             prefix: self.echo.then(|| format!("[{name}] ")),

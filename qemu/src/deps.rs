@@ -17,6 +17,8 @@ pub enum Need {
     IsoTools,
     /// OVMF UEFI firmware.
     Ovmf,
+    /// `curl`, for the HTTP service tests.
+    Curl,
 }
 
 /// One host file or program, and the Debian package that brings it.
@@ -69,6 +71,12 @@ const HOST_ITEMS: &[HostItem] = &[
         what: crate::preset::OVMF_PATH,
         present: || Path::new(crate::preset::OVMF_PATH).is_file(),
         package: "ovmf",
+    },
+    HostItem {
+        need: Need::Curl,
+        what: "curl",
+        present: || on_path("curl"),
+        package: "curl",
     },
 ];
 
@@ -202,14 +210,14 @@ mod tests {
 
     #[test]
     fn every_need_has_a_package() {
-        for need in [Need::Qemu, Need::IsoTools, Need::Ovmf] {
+        for need in [Need::Qemu, Need::IsoTools, Need::Ovmf, Need::Curl] {
             assert!(HOST_ITEMS.iter().any(|i| i.need == need));
         }
     }
 
     #[test]
     fn missing_packages_are_unique() {
-        let packages = missing_packages(&[Need::Qemu, Need::IsoTools, Need::Ovmf]);
+        let packages = missing_packages(&[Need::Qemu, Need::IsoTools, Need::Ovmf, Need::Curl]);
         let mut sorted = packages.clone();
         sorted.sort();
         sorted.dedup();

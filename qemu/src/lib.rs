@@ -6,6 +6,7 @@
 //! - [`instance`]: a running QEMU, its serial console read line by line under deadlines.
 //! - [`qmp`]: a QMP client (QEMU's machine protocol) for host-driven tests such as hotplug.
 //! - [`hotplug`]: the host-driven USB hotplug test (QMP unplug/replug cycles).
+//! - [`net_http`]: the host-driven HTTP service and static addressing tests (curl, raw TCP).
 //! - [`boots`], [`test_run`], [`host_tests`], [`pool`], [`report`]: `tether test`.
 //! - [`bench`]: `tether bench boot`; [`bench_net`]: `tether bench net` (Tether beside the Linux
 //!   peer); [`bench_recovery`]: `tether bench recovery` (TX watchdog policies, wedges, replug).
@@ -29,6 +30,7 @@ pub mod host_tests;
 pub mod hotplug;
 pub mod instance;
 pub mod kernel_build;
+pub mod net_http;
 pub mod paths;
 pub mod pool;
 pub mod preset;

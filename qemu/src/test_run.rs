@@ -5,6 +5,7 @@ use crate::boots::{self, BootSettings};
 use crate::deps::{self, Need};
 use crate::host_tests;
 use crate::kernel_build;
+use crate::net_http;
 use crate::paths;
 use crate::pool;
 use crate::report::{TestOutcome, Totals};
@@ -39,6 +40,8 @@ enum BootJob<'a> {
     Hotplug,
     HubHotplug,
     NetEcho,
+    NetHttp,
+    NetStatic,
     Iso(&'a IsoBoot),
 }
 
@@ -50,6 +53,8 @@ impl BootJob<'_> {
             BootJob::Hotplug => hotplug::NAME,
             BootJob::HubHotplug => hotplug::HUB_NAME,
             BootJob::NetEcho => tether_tests::net::ECHO_NAME,
+            BootJob::NetHttp => tether_tests::http::HTTP_NAME,
+            BootJob::NetStatic => tether_tests::http::STATIC_NAME,
             BootJob::Iso(boot) => boot.name,
         }
     }
@@ -58,7 +63,7 @@ impl BootJob<'_> {
 /// Runs every test; returns whether all passed.
 pub fn run_all_tests(options: &TestOptions) -> Result<bool> {
     let started = Instant::now();
-    deps::ensure_host_tools(&[Need::Qemu, Need::IsoTools, Need::Ovmf])?;
+    deps::ensure_host_tools(&[Need::Qemu, Need::IsoTools, Need::Ovmf, Need::Curl])?;
     let mut totals = Totals::default();
 
     if options.skip_host_tests {
@@ -129,6 +134,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
         shared.push(BootJob::HubHotplug);
     }
     shared.push(BootJob::NetEcho);
+    shared.extend([BootJob::NetHttp, BootJob::NetStatic]);
     shared.extend(ISO_BOOTS.iter().map(BootJob::Iso));
     if let Some(filter) = &options.filter {
         alone.retain(|job| job.name().contains(filter.as_str()));
@@ -150,6 +156,8 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
         BootJob::Hotplug => vec![boots::run_hotplug_test(kernel, &settings)],
         BootJob::HubHotplug => vec![boots::run_hub_hotplug_test(kernel, &settings)],
         BootJob::NetEcho => vec![boots::run_net_echo_test(kernel, &settings)],
+        BootJob::NetHttp => vec![net_http::run_net_http_test(kernel, &settings)],
+        BootJob::NetStatic => vec![net_http::run_net_static_test(kernel, &settings)],
         BootJob::Iso(boot) => vec![boots::run_iso_boot(iso, boot, &settings)],
     };
     let mut report = |outcomes: Vec<TestOutcome>| {

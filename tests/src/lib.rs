@@ -6,6 +6,7 @@
 //! - [`protocol`]: the kernel's serial protocol (ready line, panic line, `ktest` lines, exit codes).
 //! - [`boot_tests`]: the table of single-purpose boots (crash-on-purpose tests, warnings).
 //! - [`hotplug`]: the host-driven USB hotplug test (QMP unplug/replug cycles, leak counters).
+//! - [`http`]: the host-driven HTTP service and static addressing tests.
 //! - [`suites`]: the fixed boots every test run makes (the in-kernel suite, the ISO boots).
 
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@
 
 pub mod boot_tests;
 pub mod hotplug;
+pub mod http;
 pub mod net;
 pub mod protocol;
 pub mod suites;
