@@ -39,7 +39,7 @@ const REQUEST_TIMEOUT_NS: u64 = 10_000_000_000;
 const STALL_TIMEOUT_NS: u64 = 30_000_000_000;
 /// After the whole answer is acknowledged, how long the client gets to close its side
 /// (meanwhile whatever it still sends is read and dropped).
-const LINGER_NS: u64 = 2_000_000_000;
+const LINGER_NS: u64 = 5_000_000_000;
 /// smoltcp gives up on a peer that stops answering while data is queued for it.
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Trace records formatted per piece of a `/trace` answer.
