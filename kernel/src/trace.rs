@@ -1,7 +1,7 @@
 //! The trace ring and the `log` facade. Every record at or below the ring's level goes into a
 //! fixed-size circular buffer (time, CPU, thread, level, subsystem, message); the serial
 //! console shows what the per-subsystem `log=` spec lets through. The ring is readable from the
-//! console, over the network later, and is dumped on panic.
+//! console, over HTTP (`/trace`), and is dumped on panic.
 
 use alloc::string::String;
 use alloc::vec::Vec;
