@@ -34,6 +34,7 @@ pub fn render() -> String {
     write_threads(&mut out);
     write_memory(&mut out);
     write_trace(&mut out);
+    write_faults(&mut out);
     crate::net::http::write_metrics(&mut out);
     out
 }
@@ -50,6 +51,28 @@ fn write_interfaces(out: &mut String) {
     for nic in &interfaces {
         let up = nic.carrier.load(Ordering::Relaxed);
         write_sample(out, name, &[("interface", &nic.name)], u64::from(up).into());
+    }
+    let name = "tether_interface_device_present";
+    write_family(
+        out,
+        name,
+        "1 while a device drives the interface (0: unplugged, waiting for it).",
+        MetricType::Gauge,
+    );
+    for nic in &interfaces {
+        let linked = u64::from(nic.has_link());
+        write_sample(out, name, &[("interface", &nic.name)], linked.into());
+    }
+    let name = "tether_interface_tx_in_flight";
+    write_family(
+        out,
+        name,
+        "Frames handed to the device and not completed yet (the TX watchdog's view).",
+        MetricType::Gauge,
+    );
+    for nic in &interfaces {
+        let queued = nic.tx_progress.activity().queued;
+        write_sample(out, name, &[("interface", &nic.name)], queued.into());
     }
     let name = "tether_interface_info";
     write_family(
@@ -181,6 +204,24 @@ fn write_memory(out: &mut String) {
         "Finished threads' stacks kept for reuse.",
         MetricType::Gauge,
         crate::mem::stacks::pooled().into(),
+    );
+}
+
+fn write_faults(out: &mut String) {
+    use crate::net::fault::{INJECTED, REFUSED};
+    single(
+        out,
+        "tether_faults_injected_total",
+        "Faults injected into NICs (console `fault`, needs faults=TOKEN).",
+        MetricType::Counter,
+        INJECTED.load(Ordering::Relaxed).into(),
+    );
+    single(
+        out,
+        "tether_fault_requests_refused_total",
+        "Fault injection requests refused (injection off or a wrong token).",
+        MetricType::Counter,
+        REFUSED.load(Ordering::Relaxed).into(),
     );
 }
 

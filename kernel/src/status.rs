@@ -52,8 +52,43 @@ pub const INTERFACE_COUNTERS: &[Counter<NicCounters>] = &[
     },
     Counter {
         name: "tx_dropped",
-        help: "Frames not sent: the driver's transmit queue was full or the device gone.",
+        help: "Frames the driver refused (transmit queue full, no buffer).",
         read: |c| c.tx_dropped.load(Ordering::Relaxed),
+    },
+    Counter {
+        name: "tx_dropped_no_link",
+        help: "Frames dropped because the interface had no device (unplugged).",
+        read: |c| c.tx_dropped_no_link.load(Ordering::Relaxed),
+    },
+    Counter {
+        name: "tx_requeued",
+        help: "Frames a device reset took back and queued again.",
+        read: |c| c.tx_requeued.load(Ordering::Relaxed),
+    },
+    Counter {
+        name: "tx_dropped_reset",
+        help: "Frames a device reset took back and dropped.",
+        read: |c| c.tx_dropped_reset.load(Ordering::Relaxed),
+    },
+    Counter {
+        name: "watchdog_fired",
+        help: "Times the TX watchdog decided to reset the device.",
+        read: |c| c.watchdog_fired.load(Ordering::Relaxed),
+    },
+    Counter {
+        name: "resets",
+        help: "Device resets completed.",
+        read: |c| c.resets.load(Ordering::Relaxed),
+    },
+    Counter {
+        name: "reset_failures",
+        help: "Device reset attempts that failed.",
+        read: |c| c.reset_failures.load(Ordering::Relaxed),
+    },
+    Counter {
+        name: "links",
+        help: "Times a device (re)bound to the interface.",
+        read: |c| c.links.load(Ordering::Relaxed),
     },
 ];
 
@@ -168,7 +203,7 @@ pub fn write_uptime(out: &mut String) {
     );
 }
 
-/// Each interface: MAC, carrier, address, counters (the console's `ifconfig`).
+/// Each interface: MAC, device, carrier, address, counters (the console's `ifconfig`).
 pub fn write_interfaces(out: &mut String) {
     let interfaces = crate::net::interfaces();
     if interfaces.is_empty() {
@@ -179,9 +214,10 @@ pub fn write_interfaces(out: &mut String) {
         let up = nic.carrier.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
-            "{}: mac {} carrier {}\n  inet {}\n  rx {} frames {} bytes, {} dropped (queue full)\n  tx {} frames {} bytes, {} dropped",
+            "{}: mac {} {} carrier {}\n  inet {}\n  rx {} frames {} bytes, {} dropped (queue full)\n  tx {} frames {} bytes, {} dropped",
             nic.name,
             mac_text(nic.mac),
+            if nic.has_link() { "device present" } else { "no device" },
             if up { "up" } else { "down" },
             address_text(&nic),
             c.rx_frames.load(Ordering::Relaxed),
@@ -190,6 +226,14 @@ pub fn write_interfaces(out: &mut String) {
             c.tx_frames.load(Ordering::Relaxed),
             c.tx_bytes.load(Ordering::Relaxed),
             c.tx_dropped.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "  resets {} ({} failed), watchdog fired {}, device bound {} times",
+            c.resets.load(Ordering::Relaxed),
+            c.reset_failures.load(Ordering::Relaxed),
+            c.watchdog_fired.load(Ordering::Relaxed),
+            c.links.load(Ordering::Relaxed)
         );
     }
 }

@@ -87,8 +87,9 @@ struct Route {
 const READ_ONLY: &[Method] = &[Method::Get, Method::Head];
 
 /// Every path the server answers. A new endpoint is one more entry: e.g. `POST /fault`
-/// (fault injection) with `methods: &[Method::Post]` and a handler that checks the token in
-/// `request.header("Authorization")` and answers 403 without a good one.
+/// (fault injection) with `methods: &[Method::Post]` and a handler that reads the body with
+/// `tether_netstack::fault::FaultRequest::from_form` and hands it to `net::fault::request`
+/// (which checks the token), answering 403 when that refuses.
 const ROUTES: &[Route] = &[
     Route {
         path: "/",
