@@ -19,21 +19,38 @@ fn boot_token() -> Option<String> {
     cmdline.get("faults").map(ToString::to_string)
 }
 
+/// Why a request was not carried out.
+pub enum Refusal {
+    /// Injection is off, or the token is missing or wrong (counted in [`REFUSED`]).
+    Forbidden(String),
+    /// Unknown fault or interface, or the driver cannot do it.
+    Invalid(String),
+}
+
+impl core::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Refusal::Forbidden(why) | Refusal::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Carries out `request`; returns a line for the requester. Every outcome is a trace record.
-pub fn request(request: &FaultRequest<'_>) -> Result<String, String> {
+pub fn request(request: &FaultRequest<'_>) -> Result<String, Refusal> {
     let token = boot_token();
     if let Err(error) = check_token(token.as_deref(), request.token) {
         REFUSED.fetch_add(1, Ordering::Relaxed);
         log::warn!("fault injection: {error}");
-        return Err(error.to_string());
+        return Err(Refusal::Forbidden(error.to_string()));
     }
-    let fault = Fault::parse(request.fault).map_err(|e| e.to_string())?;
+    let invalid = |e: FaultError<'_>| Refusal::Invalid(e.to_string());
+    let fault = Fault::parse(request.fault).map_err(invalid)?;
     let nic = super::interfaces()
         .into_iter()
         .find(|n| n.name == request.interface)
-        .ok_or_else(|| FaultError::NoInterface(request.interface).to_string())?;
+        .ok_or_else(|| invalid(FaultError::NoInterface(request.interface)))?;
     nic.inject(fault)
-        .map_err(|why| FaultError::Unsupported(why).to_string())?;
+        .map_err(|why| invalid(FaultError::Unsupported(why)))?;
     INJECTED.fetch_add(1, Ordering::Relaxed);
     // Recovery measurements take their start time from this record.
     log::warn!(

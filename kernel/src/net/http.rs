@@ -86,11 +86,13 @@ struct Route {
 
 const READ_ONLY: &[Method] = &[Method::Get, Method::Head];
 
-/// Every path the server answers. A new endpoint is one more entry: e.g. `POST /fault`
-/// (fault injection) with `methods: &[Method::Post]` and a handler that reads the body with
-/// `tether_netstack::fault::FaultRequest::from_form` and hands it to `net::fault::request`
-/// (which checks the token), answering 403 when that refuses.
+/// Every path the server answers; a new endpoint is one more entry.
 const ROUTES: &[Route] = &[
+    Route {
+        path: "/fault",
+        methods: &[Method::Post],
+        handler: fault,
+    },
     Route {
         path: "/",
         methods: READ_ONLY,
@@ -123,6 +125,30 @@ fn route(request: &Request<'_>) -> Reply {
         return reply;
     }
     (route.handler)(request)
+}
+
+/// `POST /fault` with the form body `token=T&iface=eth0&fault=KIND`: fault injection, only
+/// when booted with `faults=T` (see `net::fault`). 403 for a missing or wrong token (counted),
+/// 400 for a malformed body or an unknown fault or interface.
+fn fault(request: &Request<'_>) -> Reply {
+    let parsed = core::str::from_utf8(request.body)
+        .ok()
+        .and_then(tether_netstack::fault::FaultRequest::from_form);
+    let Some(parsed) = parsed else {
+        return Reply::text(
+            400,
+            "400 Bad Request: expected the form body token=T&iface=IFACE&fault=KIND\n",
+        );
+    };
+    match super::fault::request(&parsed) {
+        Ok(done) => Reply::text(200, format!("{done}\n")),
+        Err(super::fault::Refusal::Forbidden(why)) => {
+            Reply::text(403, format!("403 Forbidden: {why}\n"))
+        }
+        Err(super::fault::Refusal::Invalid(why)) => {
+            Reply::text(400, format!("400 Bad Request: {why}\n"))
+        }
+    }
 }
 
 fn status_page(_request: &Request<'_>) -> Reply {
