@@ -305,3 +305,61 @@ pub fn choose_configuration(
         .or_else(|| configs.first().map(|c| c.value)),
     }
 }
+
+// ---------------------------------------------------------------------------
+// USB network functions
+
+/// The USB Ethernet functions Tether drives. Devices such as QEMU's usb-net (and many
+/// phones and gadgets) offer both, in different configurations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetFunction {
+    /// CDC Ethernet Control Model.
+    Ecm,
+    /// Microsoft Remote NDIS.
+    Rndis,
+}
+
+impl NetFunction {
+    /// A `usbnet=` value: `ecm` or `rndis` (exact, lower case).
+    pub fn parse(text: &str) -> Option<NetFunction> {
+        match text {
+            "ecm" => Some(NetFunction::Ecm),
+            "rndis" => Some(NetFunction::Rndis),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NetFunction::Ecm => "ecm",
+            NetFunction::Rndis => "rndis",
+        }
+    }
+
+    fn config_preference(self) -> ConfigPreference {
+        match self {
+            NetFunction::Ecm => ConfigPreference::Ecm,
+            NetFunction::Rndis => ConfigPreference::Rndis,
+        }
+    }
+
+    fn other(self) -> NetFunction {
+        match self {
+            NetFunction::Ecm => NetFunction::Rndis,
+            NetFunction::Rndis => NetFunction::Ecm,
+        }
+    }
+}
+
+/// Which network function to bind on a device, and the bConfigurationValue that holds it:
+/// `preferred` when the device offers it, else the other one (so a device offering only one
+/// works whatever the preference), None when it offers neither.
+pub fn choose_net_function(
+    device: &DeviceDescriptor,
+    configs: &[Configuration],
+    preferred: NetFunction,
+) -> Option<(NetFunction, u8)> {
+    [preferred, preferred.other()].into_iter().find_map(|f| {
+        choose_configuration(device, configs, f.config_preference()).map(|value| (f, value))
+    })
+}

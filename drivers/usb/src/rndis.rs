@@ -23,6 +23,9 @@
 use alloc::vec::Vec;
 use core::fmt;
 
+use crate::descriptor::{Configuration, Direction, Endpoint, TransferType};
+use crate::matching::is_rndis;
+
 // ----- message types
 
 pub const PACKET_MSG: u32 = 0x0000_0001;
@@ -1319,6 +1322,65 @@ impl<'a> Iterator for Packets<'a> {
             }
         }
     }
+}
+
+// ----- the function in a configuration
+
+/// Where an RNDIS function lives in one configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RndisInterfaces {
+    /// The communication interface: control messages go to it (wIndex of
+    /// SEND_ENCAPSULATED_COMMAND / GET_ENCAPSULATED_RESPONSE).
+    pub control_interface: u8,
+    pub data_interface: u8,
+    /// The data interface's alternate setting holding the bulk pair (0 on QEMU and most
+    /// devices; anything else needs SET_INTERFACE).
+    pub data_alt: u8,
+    pub bulk_in: Endpoint,
+    pub bulk_out: Endpoint,
+    /// Interrupt IN of the communication interface (RESPONSE_AVAILABLE), if declared.
+    pub notify: Option<Endpoint>,
+}
+
+/// Finds the RNDIS communication interface of `config` and its data interface: the CDC
+/// union's first slave, or (devices without a union descriptor) the next interface number.
+/// The data interface must have an alternate setting with a bulk IN and a bulk OUT endpoint;
+/// None when anything is missing.
+pub fn find_interfaces(config: &Configuration) -> Option<RndisInterfaces> {
+    let (control_interface, comm) = config.interfaces.iter().find_map(|i| {
+        i.alternates
+            .iter()
+            .find(|a| is_rndis(a))
+            .map(|a| (i.number, a))
+    })?;
+    let data_interface = match comm.cdc_union() {
+        Some((_, slaves)) => *slaves.first()?,
+        None => control_interface.checked_add(1)?,
+    };
+    if data_interface == control_interface {
+        return None;
+    }
+    let data = config
+        .interfaces
+        .iter()
+        .find(|i| i.number == data_interface)?;
+    let (data_alt, bulk_in, bulk_out) = data.alternates.iter().find_map(|a| {
+        Some((
+            a.alt,
+            a.find_endpoint(TransferType::Bulk, Direction::In)?,
+            a.find_endpoint(TransferType::Bulk, Direction::Out)?,
+        ))
+    })?;
+    Some(RndisInterfaces {
+        control_interface,
+        data_interface,
+        data_alt,
+        bulk_in: bulk_in.clone(),
+        bulk_out: bulk_out.clone(),
+        notify: comm
+            .find_endpoint(TransferType::Interrupt, Direction::In)
+            .cloned(),
+    })
 }
 
 #[cfg(test)]

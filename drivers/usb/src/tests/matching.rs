@@ -339,3 +339,61 @@ fn quirk_config_preference() {
     );
     assert_eq!(choose_configuration(&d, &configs, p), Some(1));
 }
+
+#[test]
+fn usbnet_values() {
+    assert_eq!(NetFunction::parse("ecm"), Some(NetFunction::Ecm));
+    assert_eq!(NetFunction::parse("rndis"), Some(NetFunction::Rndis));
+    for bad in ["", "RNDIS", "ecm ", "ncm", "rndis,ecm"] {
+        assert_eq!(NetFunction::parse(bad), None, "{bad:?}");
+    }
+    for f in [NetFunction::Ecm, NetFunction::Rndis] {
+        assert_eq!(NetFunction::parse(f.name()), Some(f));
+    }
+}
+
+#[test]
+fn net_function_follows_the_preference_when_the_device_offers_both() {
+    let d = dev();
+    let configs = [
+        Configuration::parse(&qemu_rndis_config()).unwrap(),
+        Configuration::parse(&qemu_ecm_config()).unwrap(),
+    ];
+    assert_eq!(
+        choose_net_function(&d, &configs, NetFunction::Ecm),
+        Some((NetFunction::Ecm, 1))
+    );
+    assert_eq!(
+        choose_net_function(&d, &configs, NetFunction::Rndis),
+        Some((NetFunction::Rndis, 2))
+    );
+}
+
+#[test]
+fn net_function_falls_back_to_what_the_device_has() {
+    let mut d = dev();
+    d.num_configurations = 1;
+    let rndis_only = [Configuration::parse(&qemu_rndis_config()).unwrap()];
+    let ecm_only = [Configuration::parse(&qemu_ecm_config()).unwrap()];
+    for preferred in [NetFunction::Ecm, NetFunction::Rndis] {
+        assert_eq!(
+            choose_net_function(&d, &rndis_only, preferred),
+            Some((NetFunction::Rndis, 2))
+        );
+        assert_eq!(
+            choose_net_function(&d, &ecm_only, preferred),
+            Some((NetFunction::Ecm, 1))
+        );
+    }
+    let hid = [Configuration::parse(&config(3, 1, &iface(0, 0, 0, 3, 1, 1))).unwrap()];
+    assert_eq!(choose_net_function(&d, &hid, NetFunction::Rndis), None);
+    // A configuration beyond bNumConfigurations is not offered.
+    let both = [
+        Configuration::parse(&qemu_ecm_config()).unwrap(),
+        Configuration::parse(&qemu_rndis_config()).unwrap(),
+    ];
+    assert_eq!(
+        choose_net_function(&d, &both, NetFunction::Rndis),
+        Some((NetFunction::Ecm, 1))
+    );
+}

@@ -7,6 +7,7 @@ mod hub;
 mod matching;
 mod qemu;
 mod request;
+mod rndis_function;
 mod speed;
 
 // The descriptor builders live in `crate::fake::blobs` so other crates' tests (feature
