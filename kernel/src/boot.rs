@@ -6,6 +6,7 @@ use core::sync::atomic::Ordering;
 
 use tether_kcore::bootinfo::{self, BootInfo, BootInfoError, PhysMemory};
 use tether_kcore::cmdline::{Cmdline, LevelSpec};
+use tether_usb::matching::NetFunction;
 
 use crate::arch::{apic, gdt, idt, interrupts, ioapic, pit, smp};
 use crate::mem::stacks::KernelStack;
@@ -19,6 +20,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "test",
     "smp",
     "usbdrivers",
+    "usbnet",
     "ip",
     "gw",
     "services",
@@ -167,6 +169,12 @@ fn apply_cmdline(text: &str) {
         Ok(Some(on)) => crate::usb::driver::set_binding(on),
         Ok(None) => {}
         Err(error) => kprintln!("tether: warning: {error}"),
+    }
+    if let Some(value) = cmdline.get("usbnet") {
+        match NetFunction::parse(value) {
+            Some(function) => crate::usb::driver::set_net_preference(function),
+            None => kprintln!("tether: warning: usbnet={value}: expected ecm or rndis; using ecm"),
+        }
     }
     match cmdline.bool("lockcheck") {
         Ok(Some(on)) => crate::sync::checker::set_enabled(on),

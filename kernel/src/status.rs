@@ -41,6 +41,11 @@ pub const INTERFACE_COUNTERS: &[Counter<NicCounters>] = &[
         read: |c| c.rx_dropped_queue_full.load(Ordering::Relaxed),
     },
     Counter {
+        name: "rx_malformed",
+        help: "Received messages dropped because their framing did not hold up (RNDIS).",
+        read: |c| c.rx_malformed.load(Ordering::Relaxed),
+    },
+    Counter {
         name: "tx_frames",
         help: "Frames handed to the device for sending.",
         read: |c| c.tx_frames.load(Ordering::Relaxed),
@@ -214,7 +219,7 @@ pub fn write_interfaces(out: &mut String) {
         let up = nic.carrier.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
-            "{}: mac {} {} carrier {}\n  inet {}\n  rx {} frames {} bytes, {} dropped (queue full)\n  tx {} frames {} bytes, {} dropped",
+            "{}: mac {} {} carrier {}\n  inet {}\n  rx {} frames {} bytes, {} dropped (queue full), {} malformed\n  tx {} frames {} bytes, {} dropped",
             nic.name,
             mac_text(nic.mac),
             if nic.has_link() { "device present" } else { "no device" },
@@ -223,6 +228,7 @@ pub fn write_interfaces(out: &mut String) {
             c.rx_frames.load(Ordering::Relaxed),
             c.rx_bytes.load(Ordering::Relaxed),
             c.rx_dropped_queue_full.load(Ordering::Relaxed),
+            c.rx_malformed.load(Ordering::Relaxed),
             c.tx_frames.load(Ordering::Relaxed),
             c.tx_bytes.load(Ordering::Relaxed),
             c.tx_dropped.load(Ordering::Relaxed)

@@ -267,11 +267,17 @@ fn run_with_qmp(
 }
 
 /// Boots with usb-net and user networking forwarding a free loopback port to the echo
-/// service, sends `net::ECHO_BYTES` random bytes and compares what comes back.
-pub fn run_net_echo_test(kernel: &Path, settings: &BootSettings) -> TestOutcome {
+/// service (the USB network driver chosen by `boot`'s command line), sends `net::ECHO_BYTES`
+/// random bytes and compares what comes back, then checks discard, chargen and that the
+/// driver counted no malformed message.
+pub fn run_net_echo_test(
+    kernel: &Path,
+    boot: &tether_tests::net::EchoBoot,
+    settings: &BootSettings,
+) -> TestOutcome {
     use std::io::{Read, Write};
     use tether_tests::net;
-    let name = format!("net::{}", net::ECHO_NAME);
+    let name = format!("net::{}", boot.name);
     // Three free loopback ports, held open together so they differ, then released for QEMU.
     let listeners: Result<Vec<_>, _> = (0..3)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
@@ -283,11 +289,11 @@ pub fn run_net_echo_test(kernel: &Path, settings: &BootSettings) -> TestOutcome 
         Err(e) => return TestOutcome::fail(name, format!("no free loopback ports: {e}")),
     };
     let (port, discard_port, chargen_port) = (ports[0], ports[1], ports[2]);
-    let mut machine = Machine::pvh(kernel, "");
+    let mut machine = Machine::pvh(kernel, boot.cmdline);
     machine
         .extra_args
         .extend(net::echo_machine_args([port, discard_port, chargen_port]));
-    let (mut q, log) = match settings.spawn(net::ECHO_NAME, &machine) {
+    let (mut q, log) = match settings.spawn(boot.name, &machine) {
         Ok(spawned) => spawned,
         Err(failure) => return TestOutcome { name, ..failure },
     };
@@ -302,6 +308,17 @@ pub fn run_net_echo_test(kernel: &Path, settings: &BootSettings) -> TestOutcome 
                 return Err(format!("QEMU exited: {}", KernelExit::from_status(status)))
             }
             Wait::TimedOut => return Err(format!("no `{}` line within 60 s", net::INTERFACE_UP)),
+        }
+        // The driver logs this before any frame can flow, so it came before the lease.
+        if !q
+            .lines()
+            .iter()
+            .any(|l| l.text.contains(boot.driver_receiving))
+        {
+            return Err(format!(
+                "no `{}` line: wrong driver bound?",
+                boot.driver_receiving
+            ));
         }
         // Random bytes from a seeded xorshift: reproducible, incompressible.
         let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(port);
@@ -370,8 +387,19 @@ pub fn run_net_echo_test(kernel: &Path, settings: &BootSettings) -> TestOutcome 
                 net::chargen_byte(at)
             ));
         }
+        q.send_serial_line(net::IFCONFIG)
+            .map_err(|e| format!("console: {e:#}"))?;
+        match q.wait_for(Instant::now() + Duration::from_secs(10), |l| {
+            l.contains(" malformed")
+        }) {
+            Wait::Found(line) if line.contains(net::NO_MALFORMED) => {}
+            Wait::Found(line) => {
+                return Err(format!("the driver dropped malformed messages: {line}"))
+            }
+            _ => return Err(format!("no answer to `{}` on the console", net::IFCONFIG)),
+        }
         Ok(format!(
-            "{}; {} MiB echoed byte for byte in {:.2} s ({:.0} Mbit/s each way); discard took 1 MiB, chargen pattern checked over 64 KiB",
+            "{}; {} MiB echoed byte for byte in {:.2} s ({:.0} Mbit/s each way); discard took 1 MiB, chargen pattern checked over 64 KiB; no malformed messages",
             net::DHCP_LEASE,
             data.len() >> 20,
             seconds,

@@ -39,7 +39,7 @@ enum BootJob<'a> {
     Single(&'a BootTest),
     Hotplug,
     HubHotplug,
-    NetEcho,
+    NetEcho(&'a tether_tests::net::EchoBoot),
     NetHttp,
     NetStatic,
     Iso(&'a IsoBoot),
@@ -52,7 +52,7 @@ impl BootJob<'_> {
             BootJob::Single(test) => test.name,
             BootJob::Hotplug => hotplug::NAME,
             BootJob::HubHotplug => hotplug::HUB_NAME,
-            BootJob::NetEcho => tether_tests::net::ECHO_NAME,
+            BootJob::NetEcho(boot) => boot.name,
             BootJob::NetHttp => tether_tests::http::HTTP_NAME,
             BootJob::NetStatic => tether_tests::http::STATIC_NAME,
             BootJob::Iso(boot) => boot.name,
@@ -133,7 +133,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
         shared.push(BootJob::Hotplug);
         shared.push(BootJob::HubHotplug);
     }
-    shared.push(BootJob::NetEcho);
+    shared.extend(tether_tests::net::ECHO_BOOTS.iter().map(BootJob::NetEcho));
     shared.extend([BootJob::NetHttp, BootJob::NetStatic]);
     shared.extend(ISO_BOOTS.iter().map(BootJob::Iso));
     if let Some(filter) = &options.filter {
@@ -155,7 +155,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
         BootJob::Single(test) => vec![boots::run_boot_test(kernel, test, &settings)],
         BootJob::Hotplug => vec![boots::run_hotplug_test(kernel, &settings)],
         BootJob::HubHotplug => vec![boots::run_hub_hotplug_test(kernel, &settings)],
-        BootJob::NetEcho => vec![boots::run_net_echo_test(kernel, &settings)],
+        BootJob::NetEcho(boot) => vec![boots::run_net_echo_test(kernel, boot, &settings)],
         BootJob::NetHttp => vec![net_http::run_net_http_test(kernel, &settings)],
         BootJob::NetStatic => vec![net_http::run_net_static_test(kernel, &settings)],
         BootJob::Iso(boot) => vec![boots::run_iso_boot(iso, boot, &settings)],

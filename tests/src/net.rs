@@ -4,8 +4,35 @@
 /// The line the network thread prints when its interface has an address and serves
 /// (`eth0: DHCP lease ...; serving echo on tcp 7, ...`).
 pub const INTERFACE_UP: &str = "; serving ";
-/// Test name.
-pub const ECHO_NAME: &str = "net_echo";
+/// One echo boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EchoBoot {
+    /// Test name.
+    pub name: &'static str,
+    /// Kernel command line (chooses the USB network driver).
+    pub cmdline: &'static str,
+    /// What the driver prints once its transfers are queued: proof of which driver bound.
+    pub driver_receiving: &'static str,
+}
+
+/// The echo test over CDC-ECM (the default) and over RNDIS (usb-net's other configuration).
+pub const ECHO_BOOTS: &[EchoBoot] = &[
+    EchoBoot {
+        name: "net_echo",
+        cmdline: "",
+        driver_receiving: "cdc-ecm: receiving",
+    },
+    EchoBoot {
+        name: "rndis_echo",
+        cmdline: "usbnet=rndis",
+        driver_receiving: "rndis: receiving",
+    },
+];
+/// The console command showing the interface counters.
+pub const IFCONFIG: &str = "ifconfig";
+/// What `ifconfig` must show after the echo test: no received message failed the driver's
+/// framing check.
+pub const NO_MALFORMED: &str = ", 0 malformed";
 /// Bytes of random data sent through echo and compared.
 pub const ECHO_BYTES: usize = 4 << 20;
 /// Guest ports of the echo, discard and chargen services.
@@ -57,6 +84,17 @@ mod tests {
         let args = echo_machine_args([40007, 40009, 40019]);
         let expected = "user,id=n0,hostfwd=tcp:127.0.0.1:40007-:7,hostfwd=tcp:127.0.0.1:40009-:9,hostfwd=tcp:127.0.0.1:40019-:19";
         assert!(args.iter().any(|a| a == expected));
+    }
+
+    #[test]
+    fn echo_boots_differ_in_driver() {
+        assert_eq!(ECHO_BOOTS[0].cmdline, "");
+        assert!(ECHO_BOOTS
+            .iter()
+            .any(|b| b.cmdline == "usbnet=rndis" && b.driver_receiving.starts_with("rndis")));
+        let mut names: Vec<_> = ECHO_BOOTS.iter().map(|b| b.name).collect();
+        names.dedup();
+        assert_eq!(names.len(), ECHO_BOOTS.len());
     }
 
     #[test]

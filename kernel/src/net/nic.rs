@@ -37,6 +37,8 @@ pub struct NicCounters {
     pub rx_frames: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub rx_dropped_queue_full: AtomicU64,
+    /// Received messages the driver's framing check refused (e.g. RNDIS), dropped.
+    pub rx_malformed: AtomicU64,
     /// Frames (and their bytes) the driver accepted for sending.
     pub tx_frames: AtomicU64,
     pub tx_bytes: AtomicU64,

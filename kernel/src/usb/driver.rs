@@ -8,6 +8,7 @@ use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use tether_usb::enumerate::UsbDevice;
+use tether_usb::matching::{choose_net_function, NetFunction};
 
 use super::Xhci;
 use crate::sync::WaitQueue;
@@ -59,13 +60,37 @@ pub trait UsbDriver: Sync {
     fn run(&self, ctx: &DeviceContext);
 }
 
-static DRIVERS: &[&dyn UsbDriver] = &[&super::ecm::EcmDriver, &super::hubdriver::HubDriver];
+static DRIVERS: &[&dyn UsbDriver] = &[
+    &super::ecm::EcmDriver,
+    &super::rndis::RndisDriver,
+    &super::hubdriver::HubDriver,
+];
 static BINDING: AtomicBool = AtomicBool::new(true);
+/// `usbnet=rndis`: bind RNDIS rather than CDC-ECM on devices offering both.
+static PREFER_RNDIS: AtomicBool = AtomicBool::new(false);
 
 /// Whether class drivers bind to new devices (`usbdrivers=off` on the command line, or a test
 /// that drives a device itself, turns it off).
 pub fn set_binding(on: bool) {
     BINDING.store(on, Ordering::Release);
+}
+
+/// Which network function class drivers bind on devices offering both (`usbnet=`).
+pub fn set_net_preference(function: NetFunction) {
+    PREFER_RNDIS.store(function == NetFunction::Rndis, Ordering::Release);
+}
+
+pub fn net_preference() -> NetFunction {
+    if PREFER_RNDIS.load(Ordering::Acquire) {
+        NetFunction::Rndis
+    } else {
+        NetFunction::Ecm
+    }
+}
+
+/// The network function (and its configuration) to bind on `device`, per the preference.
+pub fn net_function_for(device: &UsbDevice) -> Option<(NetFunction, u8)> {
+    choose_net_function(&device.descriptor, &device.configurations, net_preference())
 }
 
 pub fn find_driver(device: &UsbDevice) -> Option<&'static dyn UsbDriver> {

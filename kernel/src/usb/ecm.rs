@@ -4,107 +4,38 @@
 //! frames go to the stack's queue, frames to send go out on bulk OUT (with a zero-length packet
 //! after a multiple of the endpoint's packet size, the ECM rule).
 
-use alloc::collections::VecDeque;
 use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use tether_usb::cdc::{self, Notification};
 use tether_usb::descriptor::class;
 use tether_usb::descriptor::{Direction, MacAddress, TransferType};
 use tether_usb::enumerate::{read_string, set_configuration, UsbDevice};
-use tether_usb::host::TransferError;
-use tether_usb::matching::{choose_configuration, is_ecm, ConfigPreference};
+use tether_usb::matching::{is_ecm, NetFunction};
 use tether_usb::request::SetupPacket;
-use tether_xhci::pipe::{EndpointConfig, Pipe, PipeKind, TransferBuffer, TransferHandle};
+use tether_xhci::pipe::{EndpointConfig, PipeKind};
 
+use super::bulknic::{self, endpoint_config, BulkRx, BulkTx, ClassDataPath, TxFraming};
 use super::driver::{DeviceContext, UsbDriver};
-use crate::net::{self, Nic, Transmit};
-use crate::sync::Mutex;
+use crate::net::{self, Nic};
 
-const RX_QUEUED: usize = 4;
 /// wMaxSegmentSize 1514 plus room; one frame per transfer.
 const RX_BUFFER: usize = 2048;
-
-/// Frames queued to the device and not yet completed, at most (the bounded TX queue).
-const TX_IN_FLIGHT: usize = 32;
 /// Every transmit buffer holds a full frame (wMaxSegmentSize 1514) and is reused.
 const TX_BUFFER: usize = 2048;
-/// Received frames waiting for the network thread, at most.
-const RX_QUEUE: usize = 64;
 
-/// The transmit side: bulk OUT transfers in flight, reaped as they complete.
-struct EcmTx {
-    pipe: Pipe,
-    max_packet: usize,
-    queue: Mutex<TxQueue>,
-}
+/// ECM sends the bare frame: one frame per transfer.
+struct EcmFraming;
 
-/// Transfers in flight, and buffers of completed ones kept for the next frames.
-struct TxQueue {
-    in_flight: VecDeque<TransferHandle>,
-    spare: Vec<TransferBuffer>,
-}
-
-impl EcmTx {
-    /// Drops completed transfers from the front; a failed one (counted by the pipe) that
-    /// halted the pipe gets it cleared so sending resumes.
-    fn reap(&self, queue: &mut TxQueue) {
-        while let Some(result) = queue.in_flight.front().and_then(|h| h.try_result()) {
-            let done = queue.in_flight.pop_front().expect("front exists");
-            if queue.spare.len() < TX_IN_FLIGHT {
-                queue.spare.push(done.buffer().with_len(TX_BUFFER));
-            }
-            if let Err(error) = result {
-                if self.pipe.is_halted() && !matches!(error, TransferError::Disconnected) {
-                    let _ = self.pipe.clear_halt();
-                }
-            }
-        }
-    }
-}
-
-impl EcmTx {
-    /// A transmit buffer: a completed transfer's, or a new one.
-    fn buffer(&self, queue: &mut TxQueue) -> Result<TransferBuffer, &'static str> {
-        match queue.spare.pop() {
-            Some(buffer) => Ok(buffer),
-            None => self
-                .pipe
-                .alloc_buffer(TX_BUFFER)
-                .map_err(|_| "no DMA memory"),
-        }
-    }
-}
-
-impl Transmit for EcmTx {
-    fn transmit(&self, frame: &[u8]) -> Result<(), &'static str> {
-        if frame.len() > TX_BUFFER {
-            return Err("frame larger than the transmit buffers");
-        }
-        let mut queue = self.queue.lock();
-        self.reap(&mut queue);
-        if queue.in_flight.len() >= TX_IN_FLIGHT {
-            // Full: wait (bounded) for the oldest transfer without holding the queue's lock.
-            let oldest = queue.in_flight.pop_front().expect("the queue is full");
-            drop(queue);
-            oldest.poll_wait(100_000);
-            queue = self.queue.lock();
-            queue.in_flight.push_front(oldest);
-            self.reap(&mut queue);
-            if queue.in_flight.len() >= TX_IN_FLIGHT {
-                return Err("transmit queue full");
-            }
-        }
-        let buffer = self.buffer(&mut queue)?.with_len(frame.len());
-        buffer.write(frame);
-        let handle = self.pipe.submit(buffer).map_err(|_| "submit refused")?;
-        queue.in_flight.push_back(handle);
-        if frame.len().is_multiple_of(self.max_packet) {
-            let zlp = self.buffer(&mut queue)?.with_len(0);
-            let handle = self.pipe.submit(zlp).map_err(|_| "submit refused")?;
-            queue.in_flight.push_back(handle);
-        }
-        Ok(())
+impl TxFraming for EcmFraming {
+    fn frame<'a>(
+        &self,
+        frame: &'a [u8],
+        _scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], &'static str> {
+        Ok(frame)
     }
 }
 
@@ -121,22 +52,11 @@ struct EcmLayout {
     mac_string: u8,
 }
 
-fn endpoint_config(ep: &tether_usb::descriptor::Endpoint, kind: PipeKind) -> EndpointConfig {
-    EndpointConfig {
-        address: ep.address,
-        kind,
-        max_packet: ep.max_packet_size(),
-        interval: ep.interval,
-        max_burst: 0,
-    }
-}
-
 fn find_layout(device: &UsbDevice) -> Option<EcmLayout> {
-    let value = choose_configuration(
-        &device.descriptor,
-        &device.configurations,
-        ConfigPreference::Ecm,
-    )?;
+    let (function, value) = super::driver::net_function_for(device)?;
+    if function != NetFunction::Ecm {
+        return None;
+    }
     let config = device.configuration(value)?;
     let comm = config
         .interfaces
@@ -174,27 +94,11 @@ impl UsbDriver for EcmDriver {
     }
 
     fn run(&self, ctx: &DeviceContext) {
-        let mut nic = None;
-        let result = attach_and_work(ctx, &mut nic);
-        if let Some(nic) = nic {
-            nic.detach();
-        }
-        if let Err(error) = result {
-            if ctx.life.is_detached() {
-                log::info!("{}: cdc-ecm: stopped: device gone ({error})", ctx.name);
-            } else {
-                log::warn!("{}: cdc-ecm: {error}", ctx.name);
-                // Nothing more to do with this device until it goes away.
-                ctx.life.wait_detached(None);
-            }
-        }
+        bulknic::run_nic_driver(ctx, self.name(), |nic| attach_and_work(ctx, nic));
     }
 }
 
-fn attach_and_work(
-    ctx: &DeviceContext,
-    nic_slot: &mut Option<alloc::sync::Arc<Nic>>,
-) -> Result<(), alloc::string::String> {
+fn attach_and_work(ctx: &DeviceContext, nic_slot: &mut Option<Arc<Nic>>) -> Result<(), String> {
     let layout = find_layout(&ctx.device).ok_or("no ECM function")?;
     let mut hc = ctx.controller.clone();
     let mut endpoints = alloc::vec![layout.bulk_in, layout.bulk_out];
@@ -224,145 +128,61 @@ fn attach_and_work(
         layout.configuration,
         layout.data_interface,
         layout.data_alt,
-        mac.map_or_else(
-            || alloc::string::String::from("unknown"),
-            |m| format!("{m}")
-        )
+        mac.map_or_else(|| String::from("unknown"), |m| format!("{m}"))
     );
-    let bulk_in = pipes[0].clone();
-    let tx = alloc::sync::Arc::new(EcmTx {
-        pipe: pipes[1].clone(),
-        max_packet: usize::from(layout.bulk_out.max_packet.max(1)),
-        queue: Mutex::new(
-            "ecm.tx",
-            TxQueue {
-                in_flight: VecDeque::new(),
-                spare: Vec::new(),
-            },
-        ),
-    });
+    let tx = BulkTx::new(pipes[1].clone(), TX_BUFFER, EcmFraming);
     let nic = Nic::new(
         net::next_name(),
         mac.map_or([0x52, 0x54, 0, 0x12, 0x34, 0x56], |m| m.0),
-        RX_QUEUE,
+        bulknic::RX_QUEUE,
         tx,
     );
     *nic_slot = Some(nic.clone());
     net::attach(nic.clone());
-    let notify = pipes.get(2).cloned();
-    let mut rx: VecDeque<TransferHandle> = VecDeque::new();
-    let mut notification: Option<TransferHandle> = None;
-    let mut carrier = false;
-    let mut rx_spare: Vec<TransferBuffer> = Vec::new();
-    refill(&bulk_in, &mut rx, &mut rx_spare)?;
-    // The hotplug test waits for this line: from here on transfers are in flight.
-    log::info!(
-        "{}: cdc-ecm: receiving ({} transfers queued)",
-        ctx.name,
-        rx.len()
-    );
-    loop {
-        refill(&bulk_in, &mut rx, &mut rx_spare)?;
-        if notification.is_none() {
-            if let Some(pipe) = &notify {
-                notification = Some(
-                    pipe.submit(pipe.alloc_buffer(16).map_err(|e| format!("{e}"))?)
-                        .map_err(|e| format!("{e}"))?,
+    let mut rx = BulkRx::start(pipes[0].clone(), RX_BUFFER)?;
+    let mut class = EcmDataPath {
+        ctx,
+        nic,
+        carrier: false,
+    };
+    bulknic::run_data_path(ctx, "cdc-ecm", &mut rx, pipes.get(2), &mut class)
+}
+
+/// ECM's side of the data loop: every transfer is one frame; notifications carry the carrier.
+struct EcmDataPath<'a> {
+    ctx: &'a DeviceContext,
+    nic: Arc<Nic>,
+    carrier: bool,
+}
+
+impl ClassDataPath for EcmDataPath<'_> {
+    fn received(&mut self, frame: Vec<u8>) {
+        self.nic.deliver(frame);
+    }
+
+    fn notified(&mut self, bytes: &[u8]) -> Result<(), String> {
+        match cdc::parse_notification(bytes) {
+            Ok(Notification::NetworkConnection(up)) if up != self.carrier => {
+                self.carrier = up;
+                self.nic.set_carrier(up);
+                log::info!(
+                    "{}: cdc-ecm: carrier {}",
+                    self.ctx.name,
+                    if up { "up" } else { "down" }
                 );
             }
-        }
-        // Wait for the oldest receive (completions come in order), checking the notification
-        // pipe and the device's life every 100 ms.
-        if let Some(head) = rx.front() {
-            if let Some(result) = head.poll_wait(100_000) {
-                let head = rx.pop_front().expect("head exists");
-                match result {
-                    Ok(len) => {
-                        let mut frame = alloc::vec![0u8; len];
-                        head.buffer().read(&mut frame);
-                        nic.deliver(frame);
-                        rx_spare.push(head.buffer().with_len(RX_BUFFER));
-                    }
-                    Err(TransferError::Disconnected) => return Err("device gone".into()),
-                    Err(error) => recover(&bulk_in, &mut rx, error)?,
-                }
+            Ok(Notification::SpeedChange {
+                downstream,
+                upstream,
+            }) => {
+                log::debug!(
+                    "{}: cdc-ecm: link {downstream}/{upstream} bit/s",
+                    self.ctx.name
+                )
             }
+            Ok(_) => {}
+            Err(error) => log::debug!("{}: cdc-ecm: {error}", self.ctx.name),
         }
-        if let Some(result) = notification.as_ref().and_then(|h| h.try_result()) {
-            let handle = notification.take().expect("checked above");
-            match result {
-                Ok(len) => {
-                    let mut bytes = [0u8; 16];
-                    let len = len.min(bytes.len());
-                    handle.buffer().read(&mut bytes[..len]);
-                    match cdc::parse_notification(&bytes[..len]) {
-                        Ok(Notification::NetworkConnection(up)) if up != carrier => {
-                            carrier = up;
-                            nic.set_carrier(up);
-                            log::info!(
-                                "{}: cdc-ecm: carrier {}",
-                                ctx.name,
-                                if up { "up" } else { "down" }
-                            );
-                        }
-                        Ok(Notification::SpeedChange {
-                            downstream,
-                            upstream,
-                        }) => {
-                            log::debug!("{}: cdc-ecm: link {downstream}/{upstream} bit/s", ctx.name)
-                        }
-                        Ok(_) => {}
-                        Err(error) => log::debug!("{}: cdc-ecm: {error}", ctx.name),
-                    }
-                }
-                Err(TransferError::Disconnected) => return Err("device gone".into()),
-                Err(error) => {
-                    log::debug!("{}: cdc-ecm: notification pipe: {error}", ctx.name);
-                    if let Some(pipe) = &notify {
-                        pipe.clear_halt()
-                            .map_err(|e| format!("notification clear_halt: {e}"))?;
-                    }
-                }
-            }
-        }
-        if ctx.life.is_detached() {
-            return Ok(());
-        }
+        Ok(())
     }
-}
-
-/// Tops the receive queue up to [`RX_QUEUED`], reusing completed transfers' buffers first.
-fn refill(
-    pipe: &Pipe,
-    rx: &mut VecDeque<TransferHandle>,
-    spare: &mut Vec<TransferBuffer>,
-) -> Result<(), alloc::string::String> {
-    while rx.len() < RX_QUEUED {
-        let buffer = match spare.pop() {
-            Some(buffer) => buffer,
-            None => pipe
-                .alloc_buffer(RX_BUFFER)
-                .map_err(|e| format!("RX buffer: {e}"))?,
-        };
-        match pipe.submit(buffer) {
-            Ok(handle) => rx.push_back(handle),
-            Err(TransferError::Disconnected) => return Err("device gone".into()),
-            Err(error) => return Err(format!("RX submit: {error}")),
-        }
-    }
-    Ok(())
-}
-
-/// A receive failed: the pipe halted; what was queued behind fails back with PipeHalted.
-/// Drain it, clear the halt, and carry on (frames in between are lost; TCP resends).
-fn recover(
-    pipe: &Pipe,
-    rx: &mut VecDeque<TransferHandle>,
-    error: TransferError,
-) -> Result<(), alloc::string::String> {
-    log::warn!("cdc-ecm: receive failed ({error}); clearing the halt");
-    while let Some(handle) = rx.pop_front() {
-        let _ = handle.wait(1_000_000);
-    }
-    pipe.clear_halt().map_err(|e| format!("clear_halt: {e}"))
 }

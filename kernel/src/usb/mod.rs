@@ -3,6 +3,7 @@
 //! The controller driver (`tether-xhci`) and the enumeration logic (`tether-usb`) are plain
 //! code over narrow traits; this module supplies DMA, MMIO mapping, time and interrupts.
 
+pub mod bulknic;
 mod dma;
 pub mod driver;
 mod ecm;
@@ -10,6 +11,7 @@ mod hubdriver;
 mod mapper;
 mod os;
 pub mod registry;
+pub mod rndis;
 
 use alloc::boxed::Box;
 use alloc::format;
