@@ -7,6 +7,7 @@ use crate::usb;
 pub static MACHINE_TESTS: &[super::cases::Case] = &[
     ("usb_enumeration", usb_enumeration),
     ("usb_bulk_stall", super::usb_data::usb_bulk_stall),
+    ("usb_rndis_lengths", super::usb_rndis::usb_rndis_lengths),
 ];
 
 /// Both xHCI models (qemu-xhci, nec-usb-xhci) with QEMU's usb-net, usb-kbd, usb-storage, and on

@@ -8,6 +8,7 @@ mod cases;
 mod fatal;
 mod machine;
 mod usb_data;
+mod usb_rndis;
 
 use alloc::string::String;
 
