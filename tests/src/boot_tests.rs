@@ -44,6 +44,11 @@ pub const BOOT_TESTS: &[BootTest] = &[
         "bogus_key=1",
         "unknown command-line key 'bogus_key'",
     ),
+    BootTest::boots_with(
+        "usbnet_bad_value",
+        "usbnet=ncm",
+        "usbnet=ncm: expected ecm or rndis; using ecm",
+    ),
 ];
 
 /// The USB machine: both xHCI models, each with usb-net, usb-kbd, usb-storage and a hub with a

@@ -20,6 +20,7 @@ pub mod hub;
 pub mod matching;
 pub mod request;
 pub mod rndis;
+pub mod rndis_channel;
 pub mod speed;
 
 #[cfg(test)]

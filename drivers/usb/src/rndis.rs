@@ -964,6 +964,18 @@ impl RndisSession {
         halt_msg(id)
     }
 
+    /// Gives up on the pending request (its completion never came): a late completion is
+    /// then unsolicited and refused. Initialization cannot go on after this
+    /// ([`SessionState::Failed`]); once ready, the session stays ready.
+    pub fn abandon(&mut self) {
+        if self.pending != Pending::None {
+            self.pending = Pending::None;
+            if self.state != SessionState::Ready {
+                self.state = SessionState::Failed;
+            }
+        }
+    }
+
     /// The pending completion arrived but refused the request (a Status other than success)
     /// or carried an unusable value: the request is over; initialization cannot go on.
     fn refused(&mut self, e: RndisError) -> RndisError {
@@ -1188,6 +1200,24 @@ pub struct Packets<'a> {
 /// zero-length packet) yields nothing.
 pub fn decode_packets(transfer: &[u8]) -> Packets<'_> {
     Packets { rest: transfer }
+}
+
+/// Walks one received transfer: every valid frame goes to `deliver` and is counted in
+/// `stats`; a bad message is counted and ends the walk (its lengths cannot be trusted to find
+/// the next one) and is returned for the caller to report.
+pub fn receive_transfer(
+    transfer: &[u8],
+    stats: &mut RndisRxStats,
+    mut deliver: impl FnMut(&[u8]),
+) -> Option<RndisError> {
+    for item in decode_packets(transfer) {
+        stats.record(&item);
+        match item {
+            Ok(frame) => deliver(frame),
+            Err(error) => return Some(error),
+        }
+    }
+    None
 }
 
 const PACKET: &str = "REMOTE_NDIS_PACKET_MSG";
@@ -2417,6 +2447,36 @@ mod tests {
             }
         );
         assert_eq!(stats.errors(), 1);
+    }
+
+    #[test]
+    fn receive_transfer_delivers_until_a_bad_message() {
+        let (a, b, c) = (frame(60, 1), frame(1514, 2), frame(100, 3));
+        let mut t = Vec::new();
+        encode_packet(&a, &mut t);
+        encode_packet(&b, &mut t);
+        let bad_at = t.len();
+        encode_packet(&c, &mut t);
+        encode_packet(&a, &mut t);
+        let mut stats = RndisRxStats::default();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        assert_eq!(
+            receive_transfer(&t, &mut stats, |f| got.push(f.to_vec())),
+            None
+        );
+        assert_eq!(got, [a.clone(), b.clone(), c, a.clone()]);
+        assert_eq!(stats.frames, 4);
+        // The third message's DataLength points past its end: the two before it are
+        // delivered, nothing after it is trusted.
+        t[bad_at + 12..bad_at + 16].copy_from_slice(&5000u32.to_le_bytes());
+        let mut stats = RndisRxStats::default();
+        got.clear();
+        let error = receive_transfer(&t, &mut stats, |f| got.push(f.to_vec()));
+        assert_eq!(error.map(|e| e.rx_class()), Some(RxErrorClass::BadLength));
+        assert_eq!(got, [a, b]);
+        assert_eq!((stats.frames, stats.errors()), (2, 1));
+        // A zero-length packet delivers nothing and is no error.
+        assert_eq!(receive_transfer(&[], &mut stats, |_| panic!()), None);
     }
 
     #[test]

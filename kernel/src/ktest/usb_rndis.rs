@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 
 use tether_netstack::probe::{self, Peer};
 use tether_netstack::smoltcp::wire::Ipv4Address;
-use tether_usb::rndis::{RndisRxStats, SessionEvent, PACKET_HEADER_LEN};
+use tether_usb::rndis::{receive_transfer, RndisRxStats, SessionEvent, PACKET_HEADER_LEN};
 
 use super::{ensure, TestResult};
 use crate::net::Transmit;
@@ -51,7 +51,7 @@ impl Receiver {
         if let Some(transfer) = self.rx.receive(timeout_us)? {
             self.transfer_lengths.insert(transfer.len());
             if let Some(error) =
-                rndis::receive_transfer(&transfer, &mut self.stats, |f| frames.push(f.to_vec()))
+                receive_transfer(&transfer, &mut self.stats, |f| frames.push(f.to_vec()))
             {
                 return Err(format!("malformed message from QEMU: {error}"));
             }
@@ -204,7 +204,7 @@ pub fn usb_rndis_lengths() -> TestResult {
         .session
         .keepalive()
         .map_err(|e| format!("{e}"))?;
-    match link.control.exchange(request)? {
+    match link.control.exchange(request).map_err(|e| format!("{e}"))? {
         SessionEvent::KeepaliveDone => {}
         other => return Err(format!("KEEPALIVE completed by {other:?}")),
     }

@@ -1,14 +1,16 @@
 //! RNDIS (Remote NDIS over USB), bound instead of CDC-ECM on devices offering both when the
 //! command line says `usbnet=rndis`, and on devices offering only RNDIS. The protocol logic is
-//! `tether_usb::rndis` (host-tested); this is its I/O.
+//! `tether_usb::rndis` and the control channel `tether_usb::rndis_channel` (host-tested); this
+//! is their I/O.
 //!
 //! Control: messages go out with SEND_ENCAPSULATED_COMMAND and their completions come back
 //! with GET_ENCAPSULATED_RESPONSE. The device is meant to announce each response on its
 //! interrupt endpoint (RESPONSE_AVAILABLE), but QEMU's never completes, so responses are
 //! polled for with a bounded back-off; a completed interrupt transfer only makes the driver
 //! read early. INITIALIZE → QUERY MAC → QUERY max frame → SET packet filter, then the link
-//! state is queried. Afterwards a host KEEPALIVE goes out after [`KEEPALIVE_IDLE_US`] of
-//! control silence, and a device's KEEPALIVE is answered.
+//! state is queried. Afterwards a host KEEPALIVE goes out after
+//! [`KEEPALIVE_IDLE_US`](tether_usb::rndis_channel::KEEPALIVE_IDLE_US) without a word from
+//! the device on either channel, and a device's KEEPALIVE is answered.
 //!
 //! Data: every frame is one REMOTE_NDIS_PACKET_MSG in one bulk-OUT transfer, never padded (a
 //! multiple of 64 bytes ends with a zero-length packet: QEMU 7.2 keeps padding bytes and loses
@@ -24,13 +26,14 @@ use core::sync::atomic::Ordering;
 
 use tether_usb::descriptor::MacAddress;
 use tether_usb::enumerate::{set_configuration, UsbDevice};
-use tether_usb::host::DeviceHandle;
+use tether_usb::host::{DeviceHandle, TransferError};
 use tether_usb::matching::{choose_configuration, ConfigPreference, NetFunction};
 use tether_usb::request::SetupPacket;
 use tether_usb::rndis::{
-    self, decode_packets, encode_packet, find_interfaces, DeviceInfo, RndisError, RndisInterfaces,
-    RndisRxStats, RndisSession, SessionEvent, SessionState,
+    encode_packet, find_interfaces, receive_transfer, DeviceInfo, RndisInterfaces, RndisRxStats,
+    RndisSession,
 };
+use tether_usb::rndis_channel::{ControlChannel, ControlTransport};
 use tether_xhci::pipe::{Pipe, PipeKind};
 
 use super::bulknic::{self, endpoint_config, BulkRx, BulkTx, ClassDataPath, TxFraming};
@@ -44,16 +47,6 @@ use crate::{sched, time};
 pub const RX_BUFFER: usize = 2048;
 /// Bulk OUT buffer: a header plus the longest frame.
 pub const TX_BUFFER: usize = 2048;
-/// How long the device gets to queue the response to a control message.
-const RESPONSE_TIMEOUT_US: u64 = 2_000_000;
-/// Longest sleep between two GET_ENCAPSULATED_RESPONSE polls.
-const RESPONSE_POLL_MAX_US: u64 = 10_000;
-/// Unusable responses (stale, corrupt) skipped while waiting for one request's completion.
-const MAX_SKIPPED_RESPONSES: u32 = 8;
-/// Device-initiated messages read at most after one RESPONSE_AVAILABLE.
-const MAX_DRAINED_RESPONSES: u32 = 8;
-/// Control silence after which the host sends KEEPALIVE (what Linux and Windows use).
-pub const KEEPALIVE_IDLE_US: u64 = 5_000_000;
 /// EP0 timeout of one control transfer.
 const CONTROL_TIMEOUT_MS: u32 = 1000;
 /// Malformed messages each get a warning up to this many; after that every power of two.
@@ -79,36 +72,18 @@ impl UsbDriver for RndisDriver {
     }
 }
 
-/// Control messages to one RNDIS function and their completions.
-pub struct Control {
+/// The control channel's transport: CDC encapsulated commands on EP0.
+pub struct Ep0 {
     hc: Xhci,
     device: DeviceHandle,
     interface: u8,
-    pub session: RndisSession,
-    response: Vec<u8>,
-    /// When the device last answered (for the keepalive).
-    last_answer_us: u64,
-    pub counters: ControlCounters,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ControlCounters {
-    /// Responses that were stale, corrupt or unsolicited, dropped.
-    pub responses_dropped: u64,
-    /// Device KEEPALIVEs answered.
-    pub device_keepalives: u64,
-    /// Host KEEPALIVEs completed.
-    pub host_keepalives: u64,
-    /// Host KEEPALIVEs that failed (no answer, refused).
-    pub keepalive_failures: u64,
-    /// INDICATE_STATUS messages.
-    pub indications: u64,
-}
-
-impl Control {
-    fn send(&mut self, message: &[u8]) -> Result<(), String> {
+impl ControlTransport for Ep0 {
+    fn send(&mut self, message: &[u8]) -> Result<(), TransferError> {
         let mut bytes = message.to_vec();
-        let length = u16::try_from(bytes.len()).map_err(|_| "control message too long")?;
+        let length = u16::try_from(bytes.len())
+            .map_err(|_| TransferError::Controller("control message too long".into()))?;
         self.hc
             .control_transfer(
                 self.device,
@@ -116,164 +91,26 @@ impl Control {
                 &mut bytes,
                 CONTROL_TIMEOUT_MS,
             )
-            .map_err(|e| {
-                format!(
-                    "SEND_ENCAPSULATED_COMMAND({}): {e}",
-                    rndis::message_name(rndis::message_type(message).unwrap_or(0))
-                )
-            })?;
-        Ok(())
+            .map(|_| ())
     }
 
-    /// One GET_ENCAPSULATED_RESPONSE: the device's next queued message (QEMU answers one zero
-    /// byte when there is none).
-    fn fetch(&mut self) -> Result<&[u8], String> {
-        self.response
-            .resize(usize::from(rndis::RESPONSE_BUFFER_LEN), 0);
-        let len = self
-            .hc
-            .control_transfer(
-                self.device,
-                SetupPacket::get_encapsulated_response(self.interface, rndis::RESPONSE_BUFFER_LEN),
-                &mut self.response,
-                CONTROL_TIMEOUT_MS,
-            )
-            .map_err(|e| format!("GET_ENCAPSULATED_RESPONSE: {e}"))?;
-        Ok(&self.response[..len.min(self.response.len())])
+    fn fetch(&mut self, buffer: &mut [u8]) -> Result<usize, TransferError> {
+        let length = u16::try_from(buffer.len()).unwrap_or(u16::MAX);
+        self.hc.control_transfer(
+            self.device,
+            SetupPacket::get_encapsulated_response(self.interface, length),
+            buffer,
+            CONTROL_TIMEOUT_MS,
+        )
     }
 
-    /// Feeds one response to the session. Device-initiated messages are handled here (a
-    /// KEEPALIVE answered, an indication counted) and give None; so does a response that is
-    /// unusable but leaves the request pending (counted, skipped).
-    fn consume(&mut self) -> Result<Option<SessionEvent>, ConsumeError> {
-        let now = time::now_us();
-        let Control {
-            session, response, ..
-        } = self;
-        let event = session.on_response(response);
-        match event {
-            Ok(SessionEvent::NoResponse) => Ok(Some(SessionEvent::NoResponse)),
-            Ok(SessionEvent::Reply(reply)) => {
-                self.last_answer_us = now;
-                self.send(&reply).map_err(ConsumeError::Io)?;
-                self.counters.device_keepalives += 1;
-                Ok(None)
-            }
-            Ok(SessionEvent::Link(up)) => {
-                self.last_answer_us = now;
-                self.counters.indications += 1;
-                log::info!("rndis: device indicates media {}", link_word(up));
-                Ok(None)
-            }
-            Ok(SessionEvent::StatusIndication(status)) => {
-                self.last_answer_us = now;
-                self.counters.indications += 1;
-                log::debug!(
-                    "rndis: device indicates {status:#010x} ({})",
-                    rndis::status_name(status)
-                );
-                Ok(None)
-            }
-            Ok(event) => {
-                self.last_answer_us = now;
-                Ok(Some(event))
-            }
-            Err(error) => {
-                self.counters.responses_dropped += 1;
-                Err(ConsumeError::Rndis(error))
-            }
-        }
+    fn now_us(&self) -> u64 {
+        time::now_us()
     }
 
-    /// Sends `request` and reads responses until the one completing it, polling with a
-    /// growing pause while the device has nothing queued, for at most [`RESPONSE_TIMEOUT_US`].
-    /// Device-initiated messages met on the way are handled; a stale or corrupt response is
-    /// skipped (a few at most); a completion refusing the request ends it with the error.
-    pub fn exchange(&mut self, request: Vec<u8>) -> Result<SessionEvent, String> {
-        let what = rndis::message_name(rndis::message_type(&request).unwrap_or(0));
-        self.send(&request)?;
-        let deadline = time::now_us() + RESPONSE_TIMEOUT_US;
-        let mut pause_us = 50;
-        let mut skipped = 0;
-        loop {
-            self.fetch()?;
-            match self.consume() {
-                Ok(Some(SessionEvent::NoResponse)) => {
-                    if time::now_us() >= deadline {
-                        return Err(format!(
-                            "{what}: no response within {} ms",
-                            RESPONSE_TIMEOUT_US / 1000
-                        ));
-                    }
-                    sched::sleep_ns(pause_us * 1000);
-                    pause_us = (pause_us * 2).min(RESPONSE_POLL_MAX_US);
-                }
-                Ok(Some(event)) => return Ok(event),
-                Ok(None) => {}
-                Err(ConsumeError::Io(error)) => return Err(error),
-                Err(ConsumeError::Rndis(error)) => {
-                    if !self.session.awaiting_response() {
-                        return Err(format!("{what} refused: {error}"));
-                    }
-                    skipped += 1;
-                    log::debug!("rndis: response skipped: {error}");
-                    if skipped > MAX_SKIPPED_RESPONSES {
-                        return Err(format!("{what}: {skipped} unusable responses: {error}"));
-                    }
-                }
-            }
-        }
+    fn sleep_us(&mut self, us: u64) {
+        sched::sleep_ns(us * 1000);
     }
-
-    /// Reads what the device queued on its own (after RESPONSE_AVAILABLE): indications and
-    /// keepalives, until it has nothing more (a bounded number).
-    pub fn drain(&mut self) -> Result<(), String> {
-        for _ in 0..MAX_DRAINED_RESPONSES {
-            self.fetch()?;
-            match self.consume() {
-                Ok(Some(SessionEvent::NoResponse)) => return Ok(()),
-                Ok(_) => {}
-                Err(ConsumeError::Io(error)) => return Err(error),
-                Err(ConsumeError::Rndis(error)) => {
-                    log::debug!("rndis: unsolicited response dropped: {error}")
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The host's KEEPALIVE when the control channel has been silent for
-    /// [`KEEPALIVE_IDLE_US`]. A device that does not answer is reported, not dropped: data
-    /// may still flow.
-    pub fn keepalive_if_idle(&mut self) -> Result<(), String> {
-        if time::now_us().saturating_sub(self.last_answer_us) < KEEPALIVE_IDLE_US {
-            return Ok(());
-        }
-        let Ok(request) = self.session.keepalive() else {
-            return Ok(());
-        };
-        match self.exchange(request) {
-            Ok(SessionEvent::KeepaliveDone) => {
-                self.counters.host_keepalives += 1;
-                Ok(())
-            }
-            Ok(other) => Err(format!("KEEPALIVE completed by {other:?}")),
-            Err(error) => {
-                self.counters.keepalive_failures += 1;
-                // Try again after another idle period rather than at every tick.
-                self.last_answer_us = time::now_us();
-                log::warn!("rndis: keepalive failed: {error}");
-                Ok(())
-            }
-        }
-    }
-}
-
-enum ConsumeError {
-    /// The control transfer failed (the device is likely gone).
-    Io(String),
-    /// The response was unusable.
-    Rndis(RndisError),
 }
 
 fn link_word(up: bool) -> &'static str {
@@ -286,7 +123,7 @@ fn link_word(up: bool) -> &'static str {
 
 /// An RNDIS function initialized and ready for data.
 pub struct RndisLink {
-    pub control: Control,
+    pub control: ControlChannel<Ep0>,
     pub info: DeviceInfo,
     /// OID_GEN_MEDIA_CONNECT_STATUS after initialization (connected when not answered).
     pub link_up: bool,
@@ -334,24 +171,16 @@ pub fn open(controller: &Xhci, device: &UsbDevice) -> Result<RndisLink, String> 
         )
         .map_err(|e| format!("SET_INTERFACE: {e}"))?;
     }
-    let mut control = Control {
-        hc,
-        device: device.handle,
-        interface: interfaces.control_interface,
-        session: RndisSession::new(RX_BUFFER as u32),
-        response: Vec::new(),
-        last_answer_us: time::now_us(),
-        counters: ControlCounters::default(),
-    };
-    let mut request = control.session.start();
-    let info = loop {
-        match control.exchange(request)? {
-            SessionEvent::Send(next) => request = next,
-            SessionEvent::Ready(info) => break info,
-            other => return Err(format!("initialization: unexpected {other:?}")),
-        }
-    };
-    let link_up = query_link(&mut control)?;
+    let mut control = ControlChannel::new(
+        Ep0 {
+            hc,
+            device: device.handle,
+            interface: interfaces.control_interface,
+        },
+        RndisSession::new(RX_BUFFER as u32),
+    );
+    let info = control.initialize().map_err(|e| format!("{e}"))?;
+    let link_up = control.query_link().map_err(|e| format!("{e}"))?;
     Ok(RndisLink {
         control,
         info,
@@ -361,31 +190,6 @@ pub fn open(controller: &Xhci, device: &UsbDevice) -> Result<RndisLink, String> 
         bulk_out: pipes[1].clone(),
         notify: pipes.get(2).cloned(),
     })
-}
-
-/// OID_GEN_MEDIA_CONNECT_STATUS; a device that refuses the query is taken as connected.
-fn query_link(control: &mut Control) -> Result<bool, String> {
-    let request = control
-        .session
-        .query(rndis::OID_GEN_MEDIA_CONNECT_STATUS)
-        .map_err(|e| format!("{e}"))?;
-    match control.exchange(request) {
-        Ok(SessionEvent::QueryDone { info, .. }) => {
-            match rndis::info_u32("QUERY_CMPLT", rndis::Field::InformationBufferLength, &info) {
-                Ok(state) => Ok(state == rndis::MEDIA_STATE_CONNECTED),
-                Err(error) => {
-                    log::debug!("rndis: media connect status unusable: {error}");
-                    Ok(true)
-                }
-            }
-        }
-        Ok(other) => Err(format!("media connect status: unexpected {other:?}")),
-        Err(error) if control.session.state() == SessionState::Ready => {
-            log::debug!("rndis: media connect status not answered: {error}");
-            Ok(true)
-        }
-        Err(error) => Err(error),
-    }
 }
 
 /// Frames each Ethernet frame as one REMOTE_NDIS_PACKET_MSG.
@@ -406,24 +210,6 @@ impl TxFraming for RndisFraming {
         encode_packet(frame, scratch);
         Ok(scratch)
     }
-}
-
-/// Walks one received transfer: every valid frame goes to `deliver`; a bad message is counted
-/// in `stats` and ends the walk (its lengths cannot be trusted to find the next one). Returns
-/// the error, if any, for the caller to report.
-pub fn receive_transfer(
-    transfer: &[u8],
-    stats: &mut RndisRxStats,
-    mut deliver: impl FnMut(&[u8]),
-) -> Option<RndisError> {
-    for item in decode_packets(transfer) {
-        stats.record(&item);
-        match item {
-            Ok(frame) => deliver(frame),
-            Err(error) => return Some(error),
-        }
-    }
-    None
 }
 
 fn attach_and_work(ctx: &DeviceContext, nic_slot: &mut Option<Arc<Nic>>) -> Result<(), String> {
@@ -471,7 +257,7 @@ fn attach_and_work(ctx: &DeviceContext, nic_slot: &mut Option<Arc<Nic>>) -> Resu
 struct RndisDataPath<'a> {
     name: &'a str,
     nic: Arc<Nic>,
-    control: Control,
+    control: ControlChannel<Ep0>,
     stats: RndisRxStats,
 }
 
@@ -488,6 +274,7 @@ impl RndisDataPath<'_> {
 
 impl ClassDataPath for RndisDataPath<'_> {
     fn received(&mut self, transfer: Vec<u8>) {
+        self.control.device_active();
         let nic = &self.nic;
         let Some(error) = receive_transfer(&transfer, &mut self.stats, |frame| {
             nic.deliver(frame.to_vec())
@@ -514,13 +301,35 @@ impl ClassDataPath for RndisDataPath<'_> {
     fn notified(&mut self, _notification: &[u8]) -> Result<(), String> {
         // RESPONSE_AVAILABLE (its layout varies: RNDIS's 8 bytes or a CDC header): read what
         // the device queued.
-        self.control.drain()?;
+        self.control.drain().map_err(|e| format!("{e}"))?;
         self.follow_link();
         Ok(())
     }
 
     fn tick(&mut self) -> Result<(), String> {
-        self.control.keepalive_if_idle()?;
+        let counters = self.control.counters;
+        let keepalive = self
+            .control
+            .keepalive_if_idle()
+            .map_err(|e| format!("{e}"))?;
+        if keepalive == Some(true) {
+            log::debug!("{}: rndis: keepalive answered", self.name);
+        } else if keepalive == Some(false) {
+            log::warn!(
+                "{}: rndis: keepalive not answered ({} of {} failed)",
+                self.name,
+                self.control.counters.keepalive_failures,
+                self.control.counters.keepalive_failures + self.control.counters.host_keepalives
+            );
+        }
+        let now = self.control.counters;
+        if now.responses_dropped > counters.responses_dropped {
+            log::debug!(
+                "{}: rndis: {} unusable control responses dropped so far",
+                self.name,
+                now.responses_dropped
+            );
+        }
         self.follow_link();
         Ok(())
     }

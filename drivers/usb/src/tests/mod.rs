@@ -7,6 +7,7 @@ mod hub;
 mod matching;
 mod qemu;
 mod request;
+mod rndis_channel;
 mod rndis_function;
 mod speed;
 
