@@ -157,7 +157,10 @@ struct EcmDataPath<'a> {
 
 impl ClassDataPath for EcmDataPath<'_> {
     fn received(&mut self, frame: Vec<u8>) {
-        self.nic.deliver(frame);
+        // A zero-length packet ends a frame of a multiple of the packet size: not a frame.
+        if !frame.is_empty() {
+            self.nic.deliver(frame);
+        }
     }
 
     fn notified(&mut self, bytes: &[u8]) -> Result<(), String> {
