@@ -35,6 +35,32 @@ impl core::fmt::Display for NotificationError {
     }
 }
 
+/// SET_ETHERNET_PACKET_FILTER (CDC ECM 1.2, 6.2.4): which frames the function passes up.
+pub const SET_ETHERNET_PACKET_FILTER: u8 = 0x43;
+
+/// Packet filter bits (ECM 1.2, Table 8).
+pub mod packet_filter {
+    pub const PROMISCUOUS: u16 = 0x01;
+    pub const ALL_MULTICAST: u16 = 0x02;
+    pub const DIRECTED: u16 = 0x04;
+    pub const BROADCAST: u16 = 0x08;
+    pub const MULTICAST: u16 = 0x10;
+    /// What an appliance host wants: its own address, broadcasts (ARP, DHCP) and multicast.
+    pub const APPLIANCE: u16 = DIRECTED | BROADCAST | ALL_MULTICAST;
+}
+
+/// The SET_ETHERNET_PACKET_FILTER request to the communication interface `interface`.
+pub fn set_ethernet_packet_filter(interface: u8, filter: u16) -> crate::request::SetupPacket {
+    // bmRequestType 0x21: host to device, class, interface.
+    crate::request::SetupPacket::new(
+        0x21,
+        SET_ETHERNET_PACKET_FILTER,
+        filter,
+        u16::from(interface),
+        0,
+    )
+}
+
 pub const NETWORK_CONNECTION: u8 = 0x00;
 pub const RESPONSE_AVAILABLE: u8 = 0x01;
 pub const CONNECTION_SPEED_CHANGE: u8 = 0x2A;
@@ -77,6 +103,21 @@ pub fn parse_notification(bytes: &[u8]) -> Result<Notification, NotificationErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packet_filter_request() {
+        let setup = set_ethernet_packet_filter(0, packet_filter::APPLIANCE);
+        assert_eq!(
+            (
+                setup.request_type,
+                setup.request,
+                setup.value,
+                setup.index,
+                setup.length
+            ),
+            (0x21, 0x43, 0x0e, 0, 0)
+        );
+    }
 
     #[test]
     fn connection_and_speed() {

@@ -142,12 +142,21 @@ pub fn usb_rndis_lengths() -> TestResult {
         "the device admits frames of {} bytes only",
         info.max_tx_frame()
     );
+    // A stand-alone interface (not registered with the stack) to count TX progress in.
+    let nic = crate::net::Nic::unlinked(
+        "rndis-test".into(),
+        info.mac,
+        4,
+        tether_netstack::watchdog::Policy::Off,
+    );
     let tx = BulkTx::new(
         link.bulk_out.clone(),
         rndis::TX_BUFFER,
         RndisFraming {
             max_frame: info.max_tx_frame(),
         },
+        link.bulk_in.clone(),
+        &nic,
     );
     let mut rx = Receiver {
         rx: BulkRx::start(link.bulk_in.clone(), rndis::RX_BUFFER)?,

@@ -140,7 +140,7 @@ pub struct Nic {
     pub carrier: AtomicBool,
     pub counters: NicCounters,
     /// The watchdog's counters; the driver updates them.
-    pub tx_progress: TxProgress,
+    pub tx_progress: Arc<TxProgress>,
     /// The last reset attempt failed (the driver retries with backoff).
     pub reset_failing: AtomicBool,
     /// The IPv4 address in use and how it came ("static", "DHCP lease"), for status reports;
@@ -171,7 +171,7 @@ impl Nic {
             link: SpinLock::new("net.link", None),
             carrier: AtomicBool::new(false),
             counters: NicCounters::default(),
-            tx_progress: TxProgress::new(policy),
+            tx_progress: Arc::new(TxProgress::new(policy)),
             reset_failing: AtomicBool::new(false),
             address: SpinLock::new("net.address", None),
             wake: Semaphore::new(0),

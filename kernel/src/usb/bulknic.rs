@@ -13,7 +13,9 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use tether_netstack::fault::Fault;
 
 use tether_usb::descriptor::Endpoint;
 use tether_usb::host::TransferError;
@@ -21,8 +23,10 @@ use tether_usb::rndis::transfer_needs_zlp;
 use tether_xhci::pipe::{EndpointConfig, Pipe, PipeKind, TransferBuffer, TransferHandle};
 
 use super::driver::DeviceContext;
+use crate::net::nic::TxProgress;
 use crate::net::{Nic, Transmit};
 use crate::sync::Mutex;
+use crate::time;
 
 /// Bulk IN transfers kept queued.
 pub const RX_QUEUED: usize = 4;
@@ -32,6 +36,9 @@ pub const TX_IN_FLIGHT: usize = 32;
 pub const RX_QUEUE: usize = 64;
 /// How long the data loop waits for a bulk IN completion before looking at the rest.
 const POLL_US: u64 = 100_000;
+/// A failed reset is retried after this, doubling up to [`RESET_BACKOFF_MAX_US`].
+const RESET_BACKOFF_US: u64 = 200_000;
+const RESET_BACKOFF_MAX_US: u64 = 5_000_000;
 
 /// The pipe set-up for an endpoint descriptor.
 pub fn endpoint_config(ep: &Endpoint, kind: PipeKind) -> EndpointConfig {
@@ -55,7 +62,8 @@ pub trait TxFraming: Send + Sync {
     ) -> Result<&'a [u8], &'static str>;
 }
 
-/// The transmit side: bulk OUT transfers in flight, reaped as they complete.
+/// The transmit side: bulk OUT transfers in flight, reaped as they complete; and the link's
+/// control for the stack (reset requests, fault injection).
 pub struct BulkTx<F> {
     pipe: Pipe,
     max_packet: usize,
@@ -64,6 +72,20 @@ pub struct BulkTx<F> {
     queue: Mutex<TxQueue>,
     /// Zero-length packets sent after transfers of a multiple of the packet size.
     zlps: AtomicU64,
+    /// The bulk IN pipe (for fault injection; the device thread receives on it).
+    rx_pipe: Pipe,
+    /// The watchdog's two counters: frames started, frames finished.
+    progress: Arc<TxProgress>,
+    /// The interface's name, for log lines.
+    name: String,
+    /// The stack asked for a reset; the device thread does it.
+    reset_requested: AtomicBool,
+    /// Resets still to fail on purpose (fault injection).
+    fail_resets: AtomicU32,
+    /// When the last reset finished (us), until the first frame completes after it.
+    reset_done_us: AtomicU64,
+    /// The queue was full and its oldest transfer did not complete within a wait.
+    stalled: AtomicBool,
 }
 
 /// Transfers in flight, buffers of completed ones kept for the next frames, and the framing
@@ -76,12 +98,20 @@ struct TxQueue {
 
 impl<F: TxFraming> BulkTx<F> {
     /// `buffer_len`: every transmit buffer's size, the longest transfer this side sends.
-    pub fn new(pipe: Pipe, buffer_len: usize, framing: F) -> Arc<Self> {
+    /// Frames are counted in `nic`'s TX progress; `rx_pipe` is the bulk IN pipe.
+    pub fn new(pipe: Pipe, buffer_len: usize, framing: F, rx_pipe: Pipe, nic: &Nic) -> Arc<Self> {
         Arc::new(BulkTx {
             max_packet: usize::from(pipe.max_packet()),
             pipe,
             buffer_len,
             framing,
+            rx_pipe,
+            progress: nic.tx_progress.clone(),
+            name: nic.name.clone(),
+            reset_requested: AtomicBool::new(false),
+            fail_resets: AtomicU32::new(0),
+            reset_done_us: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
             queue: Mutex::new(
                 "usbnet.tx",
                 TxQueue {
@@ -98,11 +128,20 @@ impl<F: TxFraming> BulkTx<F> {
         self.zlps.load(Ordering::Relaxed)
     }
 
-    /// Drops completed transfers from the front; a failed one (counted by the pipe) that
-    /// halted the pipe gets it cleared so sending resumes.
+    /// Drops completed transfers from the front, counting finished frames for the watchdog;
+    /// a failed one (counted by the pipe) that halted the pipe gets it cleared so sending
+    /// resumes (the frames failed back with it are lost; TCP resends).
     fn reap(&self, queue: &mut TxQueue) {
         while let Some(result) = queue.in_flight.front().and_then(|h| h.try_result()) {
             let done = queue.in_flight.pop_front().expect("front exists");
+            self.stalled.store(false, Ordering::Release);
+            // A zero-length packet is the tail of the frame before it, not a frame.
+            if !done.buffer().is_empty() {
+                self.progress.finished(1);
+                if result.is_ok() {
+                    self.first_frame_after_reset();
+                }
+            }
             if queue.spare.len() < TX_IN_FLIGHT {
                 queue.spare.push(done.buffer().with_len(self.buffer_len));
             }
@@ -131,6 +170,12 @@ impl<F: TxFraming> Transmit for BulkTx<F> {
         let mut queue = self.queue.lock();
         self.reap(&mut queue);
         if queue.in_flight.len() >= TX_IN_FLIGHT {
+            // A device that did not complete the oldest transfer within the last wait is not
+            // waited for again (each frame would cost the network thread a wait) until
+            // something completes.
+            if self.stalled.load(Ordering::Acquire) {
+                return Err("transmit queue full");
+            }
             // Full: wait (bounded) for the oldest transfer without holding the queue's lock.
             let oldest = queue.in_flight.pop_front().expect("the queue is full");
             drop(queue);
@@ -139,6 +184,7 @@ impl<F: TxFraming> Transmit for BulkTx<F> {
             queue.in_flight.push_front(oldest);
             self.reap(&mut queue);
             if queue.in_flight.len() >= TX_IN_FLIGHT {
+                self.stalled.store(true, Ordering::Release);
                 return Err("transmit queue full");
             }
         }
@@ -147,6 +193,105 @@ impl<F: TxFraming> Transmit for BulkTx<F> {
         let result = self.send(&mut queue, frame, &mut scratch);
         queue.scratch = scratch;
         result
+    }
+    fn request_reset(&self) -> bool {
+        self.reset_requested.store(true, Ordering::Release);
+        true
+    }
+
+    fn inject(&self, fault: Fault) -> Result<(), &'static str> {
+        match fault {
+            Fault::WedgeTx => self.pipe.inject_wedge(),
+            Fault::WedgeRx => self.rx_pipe.inject_wedge(),
+            Fault::Stall => self.rx_pipe.inject_stall_on_next_completion(),
+            Fault::DropIrq { ms } => super::os::drop_interrupts(u64::from(ms) * 1000),
+            Fault::FailReset { count } => self.fail_resets.store(count, Ordering::Release),
+            Fault::Reset => {
+                self.request_reset();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<F: TxFraming> BulkTx<F> {
+    /// Reaps what completed (the data loop calls this often, so the watchdog sees completions
+    /// even when nothing new is sent).
+    pub fn poll(&self) {
+        let mut queue = self.queue.lock();
+        self.reap(&mut queue);
+    }
+
+    fn take_reset_request(&self) -> bool {
+        self.reset_requested.swap(false, Ordering::AcqRel)
+    }
+
+    fn first_frame_after_reset(&self) {
+        let reset_at = self.reset_done_us.swap(0, Ordering::AcqRel);
+        if reset_at != 0 {
+            // The recovery benchmark reads this line.
+            log::warn!(
+                "{}: first frame completed {} us after the reset",
+                self.name,
+                time::now_us().saturating_sub(reset_at)
+            );
+        }
+    }
+
+    /// Resets the data path in the device thread: stops bulk OUT (what the device did not
+    /// complete fails back and is kept), stops bulk IN, lets the class reset its function
+    /// (`class_reset`), then queues the kept frames again in their order. The TX queue's lock
+    /// is held throughout, so new frames wait behind the kept ones. Returns the frames
+    /// requeued.
+    fn reset(
+        &self,
+        rx: &mut BulkRx,
+        class_reset: impl FnOnce() -> Result<(), String>,
+    ) -> Result<usize, String> {
+        let mut queue = self.queue.lock();
+        if self
+            .fail_resets
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err("injected reset failure".into());
+        }
+        self.pipe
+            .clear_halt()
+            .map_err(|e| format!("bulk OUT: {e}"))?;
+        let mut unsent = Vec::new();
+        while let Some(handle) = queue.in_flight.pop_front() {
+            let buffer = handle.buffer().clone();
+            match handle.try_result() {
+                // Zero-length packets are sent again with their frames.
+                _ if buffer.is_empty() => queue.spare.push(buffer.with_len(self.buffer_len)),
+                Some(Ok(_)) => {
+                    self.progress.finished(1);
+                    queue.spare.push(buffer.with_len(self.buffer_len));
+                }
+                // Never reached the device (failed back by the clear): send again.
+                _ => unsent.push(buffer),
+            }
+        }
+        rx.reset()?;
+        class_reset()?;
+        let requeued = unsent.len();
+        for buffer in unsent {
+            let len = buffer.len();
+            let handle = self
+                .pipe
+                .submit(buffer)
+                .map_err(|e| format!("requeue: {e}"))?;
+            queue.in_flight.push_back(handle);
+            if transfer_needs_zlp(len, self.max_packet) {
+                let zlp = self.buffer(&mut queue).map_err(String::from)?.with_len(0);
+                let handle = self.pipe.submit(zlp).map_err(|e| format!("requeue: {e}"))?;
+                queue.in_flight.push_back(handle);
+            }
+        }
+        self.reset_done_us
+            .store(time::now_us().max(1), Ordering::Release);
+        Ok(requeued)
     }
 }
 
@@ -165,6 +310,7 @@ impl<F: TxFraming> BulkTx<F> {
         buffer.write(bytes);
         let handle = self.pipe.submit(buffer).map_err(|_| "submit refused")?;
         queue.in_flight.push_back(handle);
+        self.progress.started();
         if transfer_needs_zlp(bytes.len(), self.max_packet) {
             let zlp = self.buffer(queue)?.with_len(0);
             let handle = self.pipe.submit(zlp).map_err(|_| "submit refused")?;
@@ -248,6 +394,20 @@ impl BulkRx {
         }
     }
 
+    /// Stops bulk IN for a reset: what is queued fails back (frames in it are lost, TCP
+    /// resends); the next receive queues afresh.
+    fn reset(&mut self) -> Result<(), String> {
+        self.pipe
+            .clear_halt()
+            .map_err(|e| format!("bulk IN: {e}"))?;
+        while let Some(handle) = self.in_flight.pop_front() {
+            if handle.try_result().is_some() {
+                self.spare.push(handle.buffer().with_len(self.buffer_len));
+            }
+        }
+        Ok(())
+    }
+
     /// A receive failed: the pipe halted; what was queued behind fails back with PipeHalted.
     /// Drain it, clear the halt, and carry on (frames in between are lost; TCP resends).
     fn recover(&mut self, error: TransferError) -> Result<(), String> {
@@ -276,19 +436,28 @@ pub trait ClassDataPath {
     fn tick(&mut self) -> Result<(), String> {
         Ok(())
     }
+    /// The class's part of a reset (its own function reset, re-applying its settings), done
+    /// while bulk traffic is stopped.
+    fn reset(&mut self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The data loop of a USB NIC: receives on `rx`, keeps the notification pipe (if any) armed,
 /// hands everything to `class`, until the device is detached. Logs
 /// `NAME: DRIVER: receiving (N transfers queued)` once transfers are in flight (the hotplug
 /// test waits for it).
-pub fn run_data_path(
+pub fn run_data_path<F: TxFraming>(
     ctx: &DeviceContext,
     driver: &str,
+    nic: &Nic,
+    tx: &BulkTx<F>,
     rx: &mut BulkRx,
     notify: Option<&Pipe>,
     class: &mut impl ClassDataPath,
 ) -> Result<(), String> {
+    let mut reset_due: Option<u64> = None;
+    let mut backoff_us = RESET_BACKOFF_US;
     log::info!(
         "{}: {driver}: receiving ({} transfers queued)",
         ctx.name,
@@ -328,6 +497,39 @@ pub fn run_data_path(
             }
         }
         class.tick()?;
+        tx.poll();
+        if tx.take_reset_request() {
+            reset_due.get_or_insert(0);
+        }
+        if let Some(due) = reset_due.filter(|due| time::now_us() >= *due) {
+            let started = time::now_us();
+            match tx.reset(rx, || class.reset()) {
+                Ok(requeued) => {
+                    log::warn!(
+                        "{}: reset done in {} us; {requeued} frames requeued",
+                        nic.name,
+                        time::now_us() - started
+                    );
+                    nic.counters
+                        .tx_requeued
+                        .fetch_add(requeued as u64, Ordering::Relaxed);
+                    nic.reset_finished(Ok(()));
+                    reset_due = None;
+                    backoff_us = RESET_BACKOFF_US;
+                }
+                Err(_) if ctx.life.is_detached() => return Ok(()),
+                Err(error) => {
+                    nic.reset_finished(Err(&error));
+                    log::warn!(
+                        "{}: retrying the reset in {} ms",
+                        nic.name,
+                        backoff_us / 1000
+                    );
+                    reset_due = Some(due.max(started) + backoff_us);
+                    backoff_us = (backoff_us * 2).min(RESET_BACKOFF_MAX_US);
+                }
+            }
+        }
         if ctx.life.is_detached() {
             return Ok(());
         }
@@ -344,8 +546,9 @@ pub fn run_nic_driver(
 ) {
     let mut nic = None;
     let result = attach_and_work(&mut nic);
+    // The interface stays (addresses, sockets) for the device's return.
     if let Some(nic) = nic {
-        nic.detach();
+        nic.unlink();
     }
     if let Err(error) = result {
         if ctx.life.is_detached() {

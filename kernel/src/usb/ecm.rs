@@ -44,6 +44,7 @@ pub struct EcmDriver;
 /// The pieces of an ECM function found in a configuration.
 struct EcmLayout {
     configuration: u8,
+    comm_interface: u8,
     data_interface: u8,
     data_alt: u8,
     bulk_in: EndpointConfig,
@@ -58,11 +59,11 @@ fn find_layout(device: &UsbDevice) -> Option<EcmLayout> {
         return None;
     }
     let config = device.configuration(value)?;
-    let comm = config
+    let (comm_interface, comm) = config
         .interfaces
         .iter()
-        .flat_map(|i| i.alternates.iter())
-        .find(|a| is_ecm(a))?;
+        .flat_map(|i| i.alternates.iter().map(move |a| (i.number, a)))
+        .find(|(_, a)| is_ecm(a))?;
     let (_, slaves) = comm.cdc_union()?;
     let data_number = *slaves.first()?;
     let data = config.interfaces.iter().find(|i| i.number == data_number)?;
@@ -75,6 +76,7 @@ fn find_layout(device: &UsbDevice) -> Option<EcmLayout> {
     let notify = comm.find_endpoint(TransferType::Interrupt, Direction::In);
     Some(EcmLayout {
         configuration: value,
+        comm_interface,
         data_interface: data_number,
         data_alt: data_alt.alt,
         bulk_in: endpoint_config(bulk_in, PipeKind::Bulk),
@@ -130,22 +132,39 @@ fn attach_and_work(ctx: &DeviceContext, nic_slot: &mut Option<Arc<Nic>>) -> Resu
         layout.data_alt,
         mac.map_or_else(|| String::from("unknown"), |m| format!("{m}"))
     );
-    let tx = BulkTx::new(pipes[1].clone(), TX_BUFFER, EcmFraming);
-    let nic = Nic::new(
-        net::next_name(),
+    set_packet_filter(ctx, &layout);
+    let nic = net::attach_link(
         mac.map_or([0x52, 0x54, 0, 0x12, 0x34, 0x56], |m| m.0),
         bulknic::RX_QUEUE,
-        tx,
     );
+    let tx = BulkTx::new(
+        pipes[1].clone(),
+        TX_BUFFER,
+        EcmFraming,
+        pipes[0].clone(),
+        &nic,
+    );
+    nic.set_link(tx.clone());
     *nic_slot = Some(nic.clone());
-    net::attach(nic.clone());
     let mut rx = BulkRx::start(pipes[0].clone(), RX_BUFFER)?;
     let mut class = EcmDataPath {
         ctx,
-        nic,
+        nic: nic.clone(),
         carrier: false,
+        layout,
     };
-    bulknic::run_data_path(ctx, "cdc-ecm", &mut rx, pipes.get(2), &mut class)
+    bulknic::run_data_path(ctx, "cdc-ecm", &nic, &tx, &mut rx, pipes.get(2), &mut class)
+}
+
+/// SET_ETHERNET_PACKET_FILTER: own address, broadcast, multicast. A device that refuses it
+/// (STALL) keeps its default filter, which passes the same frames on every device seen so far.
+fn set_packet_filter(ctx: &DeviceContext, layout: &EcmLayout) {
+    let hc = ctx.controller.clone();
+    let setup =
+        cdc::set_ethernet_packet_filter(layout.comm_interface, cdc::packet_filter::APPLIANCE);
+    if let Err(error) = hc.control_transfer(ctx.device.handle, setup, &mut [], 1000) {
+        log::debug!("{}: cdc-ecm: SET_ETHERNET_PACKET_FILTER: {error}", ctx.name);
+    }
 }
 
 /// ECM's side of the data loop: every transfer is one frame; notifications carry the carrier.
@@ -153,9 +172,29 @@ struct EcmDataPath<'a> {
     ctx: &'a DeviceContext,
     nic: Arc<Nic>,
     carrier: bool,
+    layout: EcmLayout,
 }
 
 impl ClassDataPath for EcmDataPath<'_> {
+    /// ECM's function reset: the data interface's alternate setting 0 (no endpoints: the
+    /// function drops its data path and filters, ECM 1.2 section 3.3.1), back to the one with
+    /// the bulk pair, and the packet filter again.
+    fn reset(&mut self) -> Result<(), String> {
+        let hc = self.ctx.controller.clone();
+        let handle = self.ctx.device.handle;
+        for alt in [0, self.layout.data_alt] {
+            hc.control_transfer(
+                handle,
+                SetupPacket::set_interface(self.layout.data_interface, alt),
+                &mut [],
+                1000,
+            )
+            .map_err(|e| format!("SET_INTERFACE alt {alt}: {e}"))?;
+        }
+        set_packet_filter(self.ctx, &self.layout);
+        Ok(())
+    }
+
     fn received(&mut self, frame: Vec<u8>) {
         // A zero-length packet ends a frame of a multiple of the packet size: not a frame.
         if !frame.is_empty() {

@@ -4,6 +4,7 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use tether_xhci::controller::{Completion, Os};
 
@@ -61,8 +62,23 @@ pub fn register_vector(vector: u8, os: Arc<KernelOs>) {
     BY_VECTOR.lock().push((vector, os));
 }
 
+/// Until when (us) controller interrupts are dropped (fault injection `drop-irq`; 0: never).
+static DROP_UNTIL_US: AtomicU64 = AtomicU64::new(0);
+/// Interrupts dropped on purpose.
+pub static DROPPED_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+
+/// Fault injection: the controllers' interrupts are lost for `us` (they are acknowledged but
+/// wake nobody; the controller threads' bounded waits find the events later).
+pub fn drop_interrupts(us: u64) {
+    DROP_UNTIL_US.store(time::now_us() + us, Ordering::Release);
+}
+
 /// Interrupt context: wake the controller's waiter, nothing else.
 pub fn controller_interrupt(vector: u8) {
+    if time::now_us() < DROP_UNTIL_US.load(Ordering::Acquire) {
+        DROPPED_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     let list = BY_VECTOR.lock();
     if let Some((_, os)) = list.iter().find(|(v, _)| *v == vector) {
         os.interrupt.up();

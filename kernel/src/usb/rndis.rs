@@ -232,25 +232,35 @@ fn attach_and_work(ctx: &DeviceContext, nic_slot: &mut Option<Arc<Nic>>) -> Resu
             info.max_tx_frame()
         );
     }
+    let nic = net::attach_link(info.mac, bulknic::RX_QUEUE);
     let tx = BulkTx::new(
         link.bulk_out.clone(),
         TX_BUFFER,
         RndisFraming {
             max_frame: info.max_tx_frame(),
         },
+        link.bulk_in.clone(),
+        &nic,
     );
-    let nic = Nic::new(net::next_name(), info.mac, bulknic::RX_QUEUE, tx);
+    nic.set_link(tx.clone());
     nic.set_carrier(link.link_up);
     *nic_slot = Some(nic.clone());
-    net::attach(nic.clone());
     let mut rx = BulkRx::start(link.bulk_in.clone(), RX_BUFFER)?;
     let mut class = RndisDataPath {
         name: &ctx.name,
-        nic,
+        nic: nic.clone(),
         control: link.control,
         stats: RndisRxStats::default(),
     };
-    bulknic::run_data_path(ctx, "rndis", &mut rx, link.notify.as_ref(), &mut class)
+    bulknic::run_data_path(
+        ctx,
+        "rndis",
+        &nic,
+        &tx,
+        &mut rx,
+        link.notify.as_ref(),
+        &mut class,
+    )
 }
 
 /// RNDIS's side of the data loop.
@@ -303,6 +313,20 @@ impl ClassDataPath for RndisDataPath<'_> {
         // the device queued.
         self.control.drain().map_err(|e| format!("{e}"))?;
         self.follow_link();
+        Ok(())
+    }
+
+    /// RNDIS has no function reset that QEMU or common devices honour without re-initialising
+    /// the whole session; the control channel is checked instead (the media state query must
+    /// be answered), and the link state followed.
+    fn reset(&mut self) -> Result<(), String> {
+        let up = self
+            .control
+            .query_link()
+            .map_err(|e| format!("rndis: media state query: {e}"))?;
+        if up != self.nic.carrier.load(Ordering::Relaxed) {
+            self.nic.set_carrier(up);
+        }
         Ok(())
     }
 
