@@ -127,7 +127,7 @@ impl Pattern {
 
 /// The host's side of the load: when bytes came back, how many, and whether all was right.
 #[derive(Default)]
-struct Timeline {
+pub(crate) struct Timeline {
     /// (when, total bytes verified) after every read.
     marks: Vec<(Instant, u64)>,
     /// When the last message was sent (light, idle).
@@ -135,7 +135,7 @@ struct Timeline {
     error: Option<String>,
 }
 
-struct Traffic {
+pub(crate) struct Traffic {
     timeline: Arc<Mutex<Timeline>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -143,7 +143,7 @@ struct Traffic {
 }
 
 impl Traffic {
-    fn start(port: u16, load: Load) -> Result<Traffic> {
+    pub(crate) fn start(port: u16, load: Load) -> Result<Traffic> {
         let stream = TcpStream::connect(("127.0.0.1", port)).context("connecting to echo")?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(240)))?;
@@ -252,7 +252,7 @@ impl Traffic {
     }
 
     /// The first time bytes came back after `after`.
-    fn moved_after(&self, after: Instant) -> Option<Instant> {
+    pub(crate) fn moved_after(&self, after: Instant) -> Option<Instant> {
         let t = self.timeline.lock().unwrap();
         t.marks
             .iter()
@@ -260,7 +260,7 @@ impl Traffic {
             .map(|(at, _)| *at)
     }
 
-    fn error(&self) -> Option<String> {
+    pub(crate) fn error(&self) -> Option<String> {
         self.timeline.lock().unwrap().error.clone()
     }
 
@@ -269,7 +269,7 @@ impl Traffic {
     }
 
     /// Stops; returns (bytes verified, error).
-    fn finish(self) -> (u64, Option<String>) {
+    pub(crate) fn finish(self) -> (u64, Option<String>) {
         self.stop.store(true, Ordering::Release);
         // The busy reader ends when the echo closes after our shutdown; give it a bound.
         let deadline = Instant::now() + Duration::from_secs(60);

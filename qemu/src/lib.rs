@@ -31,6 +31,7 @@ pub mod hotplug;
 pub mod instance;
 pub mod kernel_build;
 pub mod net_http;
+pub mod net_recovery;
 pub mod paths;
 pub mod pool;
 pub mod preset;

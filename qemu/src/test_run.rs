@@ -6,6 +6,7 @@ use crate::deps::{self, Need};
 use crate::host_tests;
 use crate::kernel_build;
 use crate::net_http;
+use crate::net_recovery;
 use crate::paths;
 use crate::pool;
 use crate::report::{TestOutcome, Totals};
@@ -42,6 +43,8 @@ enum BootJob<'a> {
     NetEcho(&'a tether_tests::net::EchoBoot),
     NetHttp,
     NetStatic,
+    /// A recovery test (issue 6): its name and runner.
+    Recovery(&'static str, fn(&Path, &BootSettings) -> TestOutcome),
     Iso(&'a IsoBoot),
 }
 
@@ -55,6 +58,7 @@ impl BootJob<'_> {
             BootJob::NetEcho(boot) => boot.name,
             BootJob::NetHttp => tether_tests::http::HTTP_NAME,
             BootJob::NetStatic => tether_tests::http::STATIC_NAME,
+            BootJob::Recovery(name, _) => name,
             BootJob::Iso(boot) => boot.name,
         }
     }
@@ -135,6 +139,14 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
     }
     shared.extend(tether_tests::net::ECHO_BOOTS.iter().map(BootJob::NetEcho));
     shared.extend([BootJob::NetHttp, BootJob::NetStatic]);
+    shared.extend([
+        BootJob::Recovery(
+            net_recovery::WEDGE_NAME,
+            net_recovery::run_wedge_recovery_test,
+        ),
+        BootJob::Recovery(net_recovery::TOKEN_NAME, net_recovery::run_fault_token_test),
+        BootJob::Recovery(net_recovery::UNPLUG_NAME, net_recovery::run_unplug_test),
+    ]);
     shared.extend(ISO_BOOTS.iter().map(BootJob::Iso));
     if let Some(filter) = &options.filter {
         alone.retain(|job| job.name().contains(filter.as_str()));
@@ -158,6 +170,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
         BootJob::NetEcho(boot) => vec![boots::run_net_echo_test(kernel, boot, &settings)],
         BootJob::NetHttp => vec![net_http::run_net_http_test(kernel, &settings)],
         BootJob::NetStatic => vec![net_http::run_net_static_test(kernel, &settings)],
+        BootJob::Recovery(_, run) => vec![run(kernel, &settings)],
         BootJob::Iso(boot) => vec![boots::run_iso_boot(iso, boot, &settings)],
     };
     let mut report = |outcomes: Vec<TestOutcome>| {
