@@ -27,6 +27,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "watchdog",
     "watchdog_ms",
     "faults",
+    "txqueue",
 ];
 
 /// Boot info as handed over: reads within the first 4 GiB, which the boot page tables map.

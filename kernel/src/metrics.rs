@@ -10,6 +10,7 @@ use core::sync::atomic::Ordering;
 use tether_netstack::http::{write_family, write_sample, MetricType, MetricValue};
 
 use crate::mem::{frames, heap};
+use crate::net::Nic;
 use crate::status::{self, INTERFACE_COUNTERS, PIPE_COUNTERS};
 use crate::{cpu, sched, time};
 
@@ -73,6 +74,28 @@ fn write_interfaces(out: &mut String) {
     for nic in &interfaces {
         let queued = nic.tx_progress.activity().queued;
         write_sample(out, name, &[("interface", &nic.name)], queued.into());
+    }
+    for (name, help, read) in [
+        (
+            "tether_interface_tx_queue_capacity",
+            "Transfers the driver keeps in flight at most (txqueue=).",
+            (|nic: &Nic| nic.tx_queue_capacity.load(Ordering::Relaxed) as u64) as fn(&Nic) -> u64,
+        ),
+        (
+            "tether_interface_reset_failing",
+            "1 while the last device reset failed and is being retried with backoff.",
+            |nic: &Nic| u64::from(nic.reset_failing.load(Ordering::Relaxed)),
+        ),
+        (
+            "tether_interface_watchdog_timer",
+            "The TX watchdog's timer (progress: ticks since work was missed).",
+            |nic: &Nic| u64::from(nic.tx_progress.timer()),
+        ),
+    ] {
+        write_family(out, name, help, MetricType::Gauge);
+        for nic in &interfaces {
+            write_sample(out, name, &[("interface", &nic.name)], read(nic).into());
+        }
     }
     let name = "tether_interface_info";
     write_family(

@@ -235,9 +235,22 @@ pub fn write_interfaces(out: &mut String) {
         );
         let _ = writeln!(
             out,
-            "  resets {} ({} failed), watchdog fired {}, device bound {} times",
+            "  tx queue {} frames in the device, {} transfers at most; watchdog {} (timer {})",
+            nic.tx_progress.activity().queued,
+            nic.tx_queue_capacity.load(Ordering::Relaxed),
+            nic.tx_progress.policy(),
+            nic.tx_progress.timer()
+        );
+        let _ = writeln!(
+            out,
+            "  resets {} ({} failed{}), watchdog fired {}, device bound {} times",
             c.resets.load(Ordering::Relaxed),
             c.reset_failures.load(Ordering::Relaxed),
+            if nic.reset_failing.load(Ordering::Relaxed) {
+                "; FAILING, retrying with backoff"
+            } else {
+                ""
+            },
             c.watchdog_fired.load(Ordering::Relaxed),
             c.links.load(Ordering::Relaxed)
         );

@@ -75,6 +75,8 @@ pub struct RecoveryOptions {
     pub kernel: Option<PathBuf>,
     /// Echo the serial output.
     pub verbose: bool,
+    /// More kernel command-line keys (e.g. `txqueue=100`, the seed's queue length).
+    pub append: String,
 }
 
 impl Default for RecoveryOptions {
@@ -86,6 +88,7 @@ impl Default for RecoveryOptions {
             unplug: true,
             kernel: None,
             verbose: false,
+            append: String::new(),
         }
     }
 }
@@ -299,9 +302,20 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-fn boot(kernel: &std::path::Path, policy: &str, name: &str, verbose: bool) -> Result<Bench> {
+fn boot(
+    kernel: &std::path::Path,
+    policy: &str,
+    name: &str,
+    options: &RecoveryOptions,
+) -> Result<Bench> {
+    let verbose = options.verbose;
     let port = free_port()?;
-    let mut machine = Machine::pvh(kernel, format!("faults={TOKEN} watchdog={policy}"));
+    let mut machine = Machine::pvh(
+        kernel,
+        format!("faults={TOKEN} watchdog={policy} {}", options.append)
+            .trim()
+            .to_string(),
+    );
     machine.extra_args.extend(
         [
             "-device",
@@ -424,7 +438,7 @@ fn measure(
     };
     let name = format!("recovery-{policy}-{}", load.name()).replace(':', "_");
     let result = (|| -> Result<()> {
-        let mut bench = boot(kernel, policy, &name, options.verbose)?;
+        let mut bench = boot(kernel, policy, &name, options)?;
         if load == Load::Light {
             bench.q.send_serial_line("ping 10.0.2.2 1000")?;
         }
@@ -472,7 +486,7 @@ fn measure(
 /// Unplug and replug the usb-net under busy load: seconds from `device_add` to the echo stream
 /// moving, and whether the connection survived.
 fn measure_unplug(kernel: &std::path::Path, options: &RecoveryOptions) -> Result<(f64, bool, u64)> {
-    let mut bench = boot(kernel, "progress", "recovery-unplug", options.verbose)?;
+    let mut bench = boot(kernel, "progress", "recovery-unplug", options)?;
     let mut qmp = bench.q.connect_qmp(Duration::from_secs(10))?;
     let traffic = Traffic::start(bench.port, Load::Busy)?;
     std::thread::sleep(Duration::from_secs(3));
@@ -543,9 +557,14 @@ pub fn bench_recovery(options: &RecoveryOptions) -> Result<()> {
     let unplug = options.unplug.then(|| measure_unplug(&kernel, options));
     println!();
     println!(
-        "TX watchdog recovery, {} wedge(s) per row; seconds, median / max; detect and first frame \
-         on the kernel's clock, moving on the host's",
-        options.wedges
+        "TX watchdog recovery, {} wedge(s) per row{}; seconds, median / max; detect and first \
+         frame on the kernel's clock, moving on the host's",
+        options.wedges,
+        if options.append.is_empty() {
+            String::new()
+        } else {
+            format!(", kernel `{}`", options.append)
+        }
     );
     println!("| policy | load | wedge -> detect | wedge -> first frame after reset | wedge -> TCP moving | connection survived | bytes verified |");
     println!("|---|---|---|---|---|---|---|");

@@ -20,7 +20,7 @@ USAGE (from the repository, through cargo):
                                                  of ../shared/peer-linux on the same devices; one
                                                  table with ratios (root: uses a network namespace)
     cargo run --release -- bench recovery [--policies LIST] [--loads LIST] [--wedges N]
-                                          [--no-unplug] [--verbose]
+                                          [--no-unplug] [--append KEYS] [--verbose]
                                                  wedge the usb-net N times per TX watchdog policy
                                                  (default progress,classic) and load (idle,busy,
                                                  light); time to detection, to the first frame
@@ -283,6 +283,7 @@ fn parse_bench_recovery(
             }
             "--wedges" => options.wedges = rest.number(flag)? as usize,
             "--no-unplug" => options.unplug = false,
+            "--append" => options.append = rest.value(flag)?.to_string(),
             "--kernel" => options.kernel = Some(rest.value(flag)?.into()),
             "--verbose" | "-v" => options.verbose = true,
             _ => return Err(rest.unknown(flag, "bench recovery")),

@@ -7,7 +7,7 @@ use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use tether_netstack::fault::Fault;
 use tether_netstack::watchdog::{Policy, TxActivity, Verdict, Watchdog};
@@ -143,6 +143,8 @@ pub struct Nic {
     pub tx_progress: Arc<TxProgress>,
     /// The last reset attempt failed (the driver retries with backoff).
     pub reset_failing: AtomicBool,
+    /// The driver's TX queue size (transfers in flight at most; 0: not reported).
+    pub tx_queue_capacity: AtomicUsize,
     /// The IPv4 address in use and how it came ("static", "DHCP lease"), for status reports;
     /// None while there is none.
     pub address: SpinLock<Option<(super::Addressing, &'static str)>>,
@@ -173,6 +175,7 @@ impl Nic {
             counters: NicCounters::default(),
             tx_progress: Arc::new(TxProgress::new(policy)),
             reset_failing: AtomicBool::new(false),
+            tx_queue_capacity: AtomicUsize::new(0),
             address: SpinLock::new("net.address", None),
             wake: Semaphore::new(0),
             gone: AtomicBool::new(false),

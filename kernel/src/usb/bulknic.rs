@@ -1,7 +1,7 @@
 //! What USB Ethernet class drivers (CDC-ECM, RNDIS) share: the bulk data path and the device
 //! thread's shape. Bulk IN keeps several transfers queued (QEMU's usb-net holds a single
 //! received frame) and reuses completed transfers' DMA buffers; bulk OUT has at most
-//! [`TX_IN_FLIGHT`] transfers in flight, reuses their buffers, and follows a transfer whose
+//! [`TX_IN_FLIGHT`] transfers in flight by default (`txqueue=N`), reuses their buffers, and follows a transfer whose
 //! length is a multiple of the endpoint's packet size with a zero-length packet (never padding:
 //! QEMU 7.2's RNDIS keeps padding bytes and loses every later frame). A failed transfer that
 //! halted its pipe gets the pipe cleared and traffic resumes. How a frame is put into a
@@ -32,6 +32,30 @@ use crate::time;
 pub const RX_QUEUED: usize = 4;
 /// Transfers to the device queued and not yet completed, at most (the bounded TX queue).
 pub const TX_IN_FLIGHT: usize = 32;
+/// Bounds of `txqueue=`.
+pub const TX_QUEUE_RANGE: core::ops::RangeInclusive<usize> = 4..=512;
+
+/// The TX queue's size: `txqueue=N` (transfers in flight, zero-length packets included), else
+/// [`TX_IN_FLIGHT`]. A bad value is reported and the default used.
+pub fn tx_queue_len() -> usize {
+    let Ok(cmdline) = tether_kcore::cmdline::Cmdline::parse(&crate::boot::state().cmdline) else {
+        return TX_IN_FLIGHT;
+    };
+    match cmdline.get("txqueue") {
+        None => TX_IN_FLIGHT,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if TX_QUEUE_RANGE.contains(&n) => n,
+            _ => {
+                log::warn!(
+                    "txqueue={text}: expected {}-{}; using {TX_IN_FLIGHT}",
+                    TX_QUEUE_RANGE.start(),
+                    TX_QUEUE_RANGE.end()
+                );
+                TX_IN_FLIGHT
+            }
+        },
+    }
+}
 /// Received frames waiting for the network thread, at most.
 pub const RX_QUEUE: usize = 64;
 /// How long the data loop waits for a bulk IN completion before looking at the rest.
@@ -86,6 +110,8 @@ pub struct BulkTx<F> {
     reset_done_us: AtomicU64,
     /// The queue was full and its oldest transfer did not complete within a wait.
     stalled: AtomicBool,
+    /// Transfers in flight at most (the bounded TX queue).
+    queue_len: usize,
 }
 
 /// Transfers in flight, buffers of completed ones kept for the next frames, and the framing
@@ -100,6 +126,8 @@ impl<F: TxFraming> BulkTx<F> {
     /// `buffer_len`: every transmit buffer's size, the longest transfer this side sends.
     /// Frames are counted in `nic`'s TX progress; `rx_pipe` is the bulk IN pipe.
     pub fn new(pipe: Pipe, buffer_len: usize, framing: F, rx_pipe: Pipe, nic: &Nic) -> Arc<Self> {
+        let queue_len = tx_queue_len();
+        nic.tx_queue_capacity.store(queue_len, Ordering::Relaxed);
         Arc::new(BulkTx {
             max_packet: usize::from(pipe.max_packet()),
             pipe,
@@ -112,6 +140,7 @@ impl<F: TxFraming> BulkTx<F> {
             fail_resets: AtomicU32::new(0),
             reset_done_us: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
+            queue_len,
             queue: Mutex::new(
                 "usbnet.tx",
                 TxQueue {
@@ -142,7 +171,7 @@ impl<F: TxFraming> BulkTx<F> {
                     self.first_frame_after_reset();
                 }
             }
-            if queue.spare.len() < TX_IN_FLIGHT {
+            if queue.spare.len() < self.queue_len {
                 queue.spare.push(done.buffer().with_len(self.buffer_len));
             }
             if let Err(error) = result {
@@ -169,7 +198,7 @@ impl<F: TxFraming> Transmit for BulkTx<F> {
     fn transmit(&self, frame: &[u8]) -> Result<(), &'static str> {
         let mut queue = self.queue.lock();
         self.reap(&mut queue);
-        if queue.in_flight.len() >= TX_IN_FLIGHT {
+        if queue.in_flight.len() >= self.queue_len {
             // A device that did not complete the oldest transfer within the last wait is not
             // waited for again (each frame would cost the network thread a wait) until
             // something completes.
@@ -183,7 +212,7 @@ impl<F: TxFraming> Transmit for BulkTx<F> {
             queue = self.queue.lock();
             queue.in_flight.push_front(oldest);
             self.reap(&mut queue);
-            if queue.in_flight.len() >= TX_IN_FLIGHT {
+            if queue.in_flight.len() >= self.queue_len {
                 self.stalled.store(true, Ordering::Release);
                 return Err("transmit queue full");
             }
