@@ -5,6 +5,7 @@ mod device;
 mod echo;
 pub mod fault;
 pub mod http;
+mod iperf3;
 pub mod nic;
 pub mod ping;
 pub mod service;

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use tether_netstack::services::{ServiceKind, Services};
 use tether_netstack::smoltcp::iface::SocketSet;
 
-use super::{echo, http, stream};
+use super::{echo, http, iperf3, stream};
 
 /// A service's socket work, done by the interface's network thread after each poll.
 pub trait Service: Send {
@@ -51,10 +51,7 @@ pub fn start(services: Services, sockets: &mut SocketSet<'static>) -> Vec<Box<dy
                     2,
                 ))),
                 ServiceKind::Http => Some(Box::new(http::HttpService::new(sockets, port))),
-                ServiceKind::Iperf3 => {
-                    log::warn!("{}: not implemented yet", kind.name());
-                    None
-                }
+                ServiceKind::Iperf3 => Some(Box::new(iperf3::Iperf3Service::new(sockets, port))),
             }
         })
         .collect()
