@@ -19,6 +19,8 @@ pub enum Need {
     Ovmf,
     /// `curl`, for the HTTP service tests.
     Curl,
+    /// The stock `iperf3` client (the iperf3 service's tests).
+    Iperf3,
 }
 
 /// One host file or program, and the Debian package that brings it.
@@ -77,6 +79,12 @@ const HOST_ITEMS: &[HostItem] = &[
         what: "curl",
         present: || on_path("curl"),
         package: "curl",
+    },
+    HostItem {
+        need: Need::Iperf3,
+        what: "iperf3",
+        present: || on_path("iperf3"),
+        package: "iperf3",
     },
 ];
 
@@ -210,14 +218,26 @@ mod tests {
 
     #[test]
     fn every_need_has_a_package() {
-        for need in [Need::Qemu, Need::IsoTools, Need::Ovmf, Need::Curl] {
+        for need in [
+            Need::Qemu,
+            Need::IsoTools,
+            Need::Ovmf,
+            Need::Curl,
+            Need::Iperf3,
+        ] {
             assert!(HOST_ITEMS.iter().any(|i| i.need == need));
         }
     }
 
     #[test]
     fn missing_packages_are_unique() {
-        let packages = missing_packages(&[Need::Qemu, Need::IsoTools, Need::Ovmf, Need::Curl]);
+        let packages = missing_packages(&[
+            Need::Qemu,
+            Need::IsoTools,
+            Need::Ovmf,
+            Need::Curl,
+            Need::Iperf3,
+        ]);
         let mut sorted = packages.clone();
         sorted.sort();
         sorted.dedup();

@@ -7,6 +7,7 @@
 //! - [`qmp`]: a QMP client (QEMU's machine protocol) for host-driven tests such as hotplug.
 //! - [`hotplug`]: the host-driven USB hotplug test (QMP unplug/replug cycles).
 //! - [`net_http`]: the host-driven HTTP service and static addressing tests (curl, raw TCP).
+//! - [`net_iperf3`]: the host-driven iperf3 tests (the stock client against the kernel's server).
 //! - [`boots`], [`test_run`], [`host_tests`], [`pool`], [`report`]: `tether test`.
 //! - [`bench`]: `tether bench boot`; [`bench_net`]: `tether bench net` (Tether beside the Linux
 //!   peer); [`bench_recovery`]: `tether bench recovery` (TX watchdog policies, wedges, replug).
@@ -31,6 +32,7 @@ pub mod hotplug;
 pub mod instance;
 pub mod kernel_build;
 pub mod net_http;
+pub mod net_iperf3;
 pub mod net_recovery;
 pub mod paths;
 pub mod pool;

@@ -6,6 +6,7 @@ use crate::deps::{self, Need};
 use crate::host_tests;
 use crate::kernel_build;
 use crate::net_http;
+use crate::net_iperf3;
 use crate::net_recovery;
 use crate::paths;
 use crate::pool;
@@ -45,6 +46,7 @@ enum BootJob<'a> {
     NetStatic,
     /// A recovery test (issue 6): its name and runner.
     Recovery(&'static str, fn(&Path, &BootSettings) -> TestOutcome),
+    NetIperf3,
     Iso(&'a IsoBoot),
 }
 
@@ -59,6 +61,7 @@ impl BootJob<'_> {
             BootJob::NetHttp => tether_tests::http::HTTP_NAME,
             BootJob::NetStatic => tether_tests::http::STATIC_NAME,
             BootJob::Recovery(name, _) => name,
+            BootJob::NetIperf3 => tether_tests::iperf3::BOOT_NAME,
             BootJob::Iso(boot) => boot.name,
         }
     }
@@ -67,7 +70,13 @@ impl BootJob<'_> {
 /// Runs every test; returns whether all passed.
 pub fn run_all_tests(options: &TestOptions) -> Result<bool> {
     let started = Instant::now();
-    deps::ensure_host_tools(&[Need::Qemu, Need::IsoTools, Need::Ovmf, Need::Curl])?;
+    deps::ensure_host_tools(&[
+        Need::Qemu,
+        Need::IsoTools,
+        Need::Ovmf,
+        Need::Curl,
+        Need::Iperf3,
+    ])?;
     let mut totals = Totals::default();
 
     if options.skip_host_tests {
@@ -147,6 +156,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
         BootJob::Recovery(net_recovery::TOKEN_NAME, net_recovery::run_fault_token_test),
         BootJob::Recovery(net_recovery::UNPLUG_NAME, net_recovery::run_unplug_test),
     ]);
+    shared.push(BootJob::NetIperf3);
     shared.extend(ISO_BOOTS.iter().map(BootJob::Iso));
     if let Some(filter) = &options.filter {
         alone.retain(|job| job.name().contains(filter.as_str()));
@@ -171,6 +181,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
         BootJob::NetHttp => vec![net_http::run_net_http_test(kernel, &settings)],
         BootJob::NetStatic => vec![net_http::run_net_static_test(kernel, &settings)],
         BootJob::Recovery(_, run) => vec![run(kernel, &settings)],
+        BootJob::NetIperf3 => net_iperf3::run_iperf3_tests(kernel, &settings),
         BootJob::Iso(boot) => vec![boots::run_iso_boot(iso, boot, &settings)],
     };
     let mut report = |outcomes: Vec<TestOutcome>| {

@@ -7,6 +7,7 @@
 //! - [`boot_tests`]: the table of single-purpose boots (crash-on-purpose tests, warnings).
 //! - [`hotplug`]: the host-driven USB hotplug test (QMP unplug/replug cycles, leak counters).
 //! - [`http`]: the host-driven HTTP service and static addressing tests.
+//! - [`iperf3`]: the host-driven iperf3 tests (stock client runs judged against the kernel's counts).
 //! - [`suites`]: the fixed boots every test run makes (the in-kernel suite, the ISO boots).
 
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@
 pub mod boot_tests;
 pub mod hotplug;
 pub mod http;
+pub mod iperf3;
 pub mod net;
 pub mod protocol;
 pub mod suites;
