@@ -231,18 +231,51 @@ fn malformed_case(
     Ok(())
 }
 
-/// Every malformed exchange in turn; the server must still be free after each (the next case
-/// and the client runs depend on it).
+/// Every malformed exchange in turn, then a stock client killed in the middle of a test; the
+/// server must still be free after each (the next case and the client runs depend on it).
 fn malformed_exchanges(q: &mut Instance, address: SocketAddr) -> Result<String, String> {
     let cases = spec::malformed_cases();
     for case in &cases {
         malformed_case(q, address, case).map_err(|e| format!("{}: {e}", case.what))?;
     }
+    killed_client(q, address).map_err(|e| format!("a client killed during -R: {e}"))?;
     Ok(format!(
-        "{} bad clients ({}) each lost only their connection, with the right answer and log line",
-        cases.len(),
+        "{} bad clients ({}, a client killed during -R) each lost only their connections, with the right answer and log line",
+        cases.len() + 1,
         cases.iter().map(|c| c.what).collect::<Vec<_>>().join(", ")
     ))
+}
+
+/// Starts a stock client on a long `-R` test and kills it in the middle.
+fn killed_client(q: &mut Instance, address: SocketAddr) -> Result<(), String> {
+    let from = q.lines().len();
+    let port = address.port().to_string();
+    let mut child = Command::new("iperf3")
+        .args(["-c", "127.0.0.1", "-p", &port, "--connect-timeout", "5000"])
+        .args(spec::KILLED_CLIENT_ARGS)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting iperf3: {e}"))?;
+    thread::sleep(spec::KILLED_CLIENT_AFTER);
+    let exited_early = child.try_wait().ok().flatten();
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Some(status) = exited_early {
+        return Err(format!(
+            "iperf3 {status} within {} ms, before it could be killed",
+            spec::KILLED_CLIENT_AFTER.as_millis()
+        ));
+    }
+    find_line(
+        q,
+        from,
+        spec::LOG_TIMEOUT,
+        &format!("kernel line `{}`", spec::KILLED_CLIENT_LOG),
+        |l| l.contains(spec::KILLED_CLIENT_LOG),
+    )?;
+    Ok(())
 }
 
 /// A second client while a test runs: it must get exactly ACCESS_DENIED and a closed connection.

@@ -95,10 +95,10 @@ pub const CLIENT_RUNS: [ClientRun; 4] = [
     },
     ClientRun {
         name: "iperf3_bytes",
-        args: &["-n", "16M", "-R", "-P", "2", "-l", "64K"],
+        args: &["-n", "8M", "-R", "-P", "2", "-l", "64K"],
         streams: 2,
         reverse: true,
-        bytes: Some(16 << 20),
+        bytes: Some(8 << 20),
         server_output: false,
         busy_probe: false,
     },
@@ -106,6 +106,14 @@ pub const CLIENT_RUNS: [ClientRun; 4] = [
 
 /// Name of the test made of the malformed exchanges.
 pub const MALFORMED_NAME: &str = "iperf3_malformed";
+
+/// The last misbehaving client: a stock client killed (SIGKILL) this long into a test in which
+/// the server sends; its connections vanish under the server's feet.
+pub const KILLED_CLIENT_AFTER: Duration = Duration::from_millis(1500);
+/// That client's options (a test long enough to be killed in the middle).
+pub const KILLED_CLIENT_ARGS: &[&str] = &["-t", "10", "-R"];
+/// What the kernel says about that test.
+pub const KILLED_CLIENT_LOG: &str = "closed: client closed the connection while running the test";
 
 /// A cookie as stock clients make them: 36 characters of `[a-z2-7]` and a NUL.
 pub const GOOD_COOKIE: &[u8; 37] = b"tetherhostteststetherhostteststether\0";
@@ -686,7 +694,7 @@ mod tests {
     #[test]
     fn byte_limit_is_exact() {
         let run = CLIENT_RUNS[3];
-        let n = 16 << 20;
+        let n = 8 << 20;
         assert!(judge(&run, &reverse_report(n, n, 2), &reverse_server(n, 2)).is_ok());
         assert!(judge(
             &run,
