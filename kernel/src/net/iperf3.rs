@@ -31,11 +31,23 @@ use tether_netstack::smoltcp::wire::IpEndpoint;
 
 use crate::time;
 
-/// Receive and send buffer of every socket. The receive buffer is the TCP window a client
-/// sending to us gets (smoltcp scales it); the send buffer bounds what is in flight when we
-/// send. 256 KiB covers what a USB 2.0 link can have in flight at its round-trip time with
-/// room to spare; a test with 16 streams holds about 9 MiB.
-const BUFFER: usize = 256 * 1024;
+/// Receive buffer of every socket: the TCP window a client sending to us gets (smoltcp scales
+/// it). 256 KiB covers what a USB 2.0 link can have in flight at its round-trip time with room
+/// to spare.
+const RX_BUFFER: usize = 256 * 1024;
+/// Payload a sending test keeps queued in its sockets in all, split evenly between its streams.
+/// What is queued is what can be in flight, and the peer answers what is in flight with ACKs
+/// that the NIC driver's receive queue must hold (64 frames for CDC-ECM, dropped beyond while
+/// the network thread waits in transmit). Measured with QEMU's user networking, which ACKs
+/// every segment: 16 streams with 256 KiB each lost tens of thousands of ACKs, and the
+/// client's TEST_END with them, for seconds; 4 streams with 32 KiB each still lost hundreds;
+/// 64 KiB in all lost none with 1, 4 or 16 streams.
+const SEND_QUEUE_TOTAL: usize = 64 * 1024;
+/// Send buffer of every socket: a sending stream never queues more (control messages are a
+/// few hundred bytes). A test with 16 streams holds about 5 MiB of buffers.
+const TX_BUFFER: usize = SEND_QUEUE_TOTAL;
+/// The least one stream may keep queued (a few segments), whatever the number of streams.
+const SEND_QUEUE_MIN: usize = 4 * 1024;
 /// Listening sockets kept while no test is being set up: one for the next control connection,
 /// one to answer a second client with ACCESS_DENIED rather than a reset.
 const IDLE_LISTENERS: usize = 2;
@@ -172,6 +184,8 @@ struct DrainingTest {
     seconds: f64,
     moved: Moved,
     deadline: Instant,
+    /// Why some connections were reset before they finished (their bytes are not all counted).
+    cut_short: Option<String>,
 }
 
 impl DrainingTest {
@@ -186,8 +200,12 @@ impl DrainingTest {
         } else {
             0.0
         };
+        let cut_short = self
+            .cut_short
+            .as_ref()
+            .map_or_else(String::new, |why| format!("; count cut short: {why}"));
         log::info!(
-            "iperf3: test {} done: client {}, {streams}, server {}, {:.2} s: received={} sent={} reported={} ({mbit_per_second:.1} Mbit/s)",
+            "iperf3: test {} done: client {}, {streams}, server {}, {:.2} s: received={} sent={} reported={} ({mbit_per_second:.1} Mbit/s){cut_short}",
             self.number,
             peer_text(self.peer),
             if self.reverse { "sends" } else { "receives" },
@@ -222,7 +240,7 @@ fn payload_byte(at: usize) -> u8 {
 fn fill_payload(window: &mut [u8], storage: usize, clean: &mut usize) {
     let offset = (window.as_ptr() as usize).wrapping_sub(storage);
     let end = offset.saturating_add(window.len());
-    if offset > *clean || end > BUFFER {
+    if offset > *clean || end > TX_BUFFER {
         for (i, byte) in window.iter_mut().enumerate() {
             *byte = payload_byte(offset.wrapping_add(i));
         }
@@ -254,8 +272,8 @@ impl Iperf3Service {
     }
 
     fn add_slot(&mut self, set: &mut SocketSet<'static>) {
-        let rx = alloc::vec![0u8; BUFFER];
-        let tx = alloc::vec![0u8; BUFFER];
+        let rx = alloc::vec![0u8; RX_BUFFER];
+        let tx = alloc::vec![0u8; TX_BUFFER];
         // The Vec's heap block becomes the ring buffer's storage unchanged.
         let tx_storage = tx.as_ptr() as usize;
         let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
@@ -524,6 +542,9 @@ impl Iperf3Service {
                         active.number,
                         if reverse { "sends" } else { "receives" }
                     );
+                    // The new test owns the link (and the sockets) from now on.
+                    let number = active.number;
+                    self.cut_drains(set, number);
                     // Listening before the client hears CREATE_STREAMS (at the next poll).
                     self.grow_pool(set);
                 }
@@ -597,7 +618,28 @@ impl Iperf3Service {
             seconds,
             moved: active.moved,
             deadline: now + DRAIN_LIMIT,
+            cut_short: None,
         });
+    }
+
+    /// Resets the data connections of finished tests still draining, for test `by`: they are
+    /// listening again at once (their peers get a reset for their next segment).
+    fn cut_drains(&mut self, set: &mut SocketSet<'static>, by: u64) {
+        for at in 0..self.slots.len() {
+            let Role::Data(stream) = &self.slots[at].role else {
+                continue;
+            };
+            let test = stream.test;
+            let Some(draining) = self.draining.iter_mut().find(|d| d.number == test) else {
+                continue;
+            };
+            draining.cut_short = Some(format!("test {by} started"));
+            self.credit(at);
+            let socket = set.get_mut::<tcp::Socket>(self.slots[at].handle);
+            socket.abort();
+            let _ = socket.listen(self.port);
+            self.slots[at].role = Role::Listening;
+        }
     }
 
     /// Logs finished tests whose data connections are all closed; resets those that linger.
@@ -617,6 +659,8 @@ impl Iperf3Service {
                     set.get_mut::<tcp::Socket>(self.slots[slot_at].handle)
                         .abort();
                     self.slots[slot_at].role = Role::Aborted;
+                    self.draining[at].cut_short =
+                        Some(format!("still draining after {} s", DRAIN_LIMIT.secs()));
                     changed = true;
                 } else {
                     open += 1;
@@ -740,8 +784,11 @@ fn move_payload(
     let Some(index) = stream.index else {
         return moved;
     };
+    let streams = active.session.params().map_or(1, |p| p.parallel.max(1)) as usize;
+    let queue_limit = (SEND_QUEUE_TOTAL / streams).max(SEND_QUEUE_MIN);
     while socket.can_send() {
-        let allowance = active.send_allowance(now).unwrap_or(u64::MAX);
+        let room = queue_limit.saturating_sub(socket.send_queue()) as u64;
+        let allowance = active.send_allowance(now).unwrap_or(u64::MAX).min(room);
         if allowance == 0 {
             break;
         }
