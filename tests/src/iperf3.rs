@@ -65,7 +65,7 @@ pub struct ClientRun {
 }
 
 /// The client runs, in order, after the malformed exchanges.
-pub const CLIENT_RUNS: [ClientRun; 4] = [
+pub const CLIENT_RUNS: [ClientRun; 5] = [
     ClientRun {
         name: "iperf3_forward",
         args: &["-t", "3", "--get-server-output"],
@@ -89,6 +89,17 @@ pub const CLIENT_RUNS: [ClientRun; 4] = [
         args: &["-t", "3", "-P", "4"],
         streams: 4,
         reverse: false,
+        bytes: None,
+        server_output: false,
+        busy_probe: false,
+    },
+    // Many sending streams: their peer's ACKs once overflowed the NIC's receive queue and
+    // drowned the client's TEST_END (the server went on sending until its timeout).
+    ClientRun {
+        name: "iperf3_reverse_parallel",
+        args: &["-t", "2", "-R", "-P", "16"],
+        streams: 16,
+        reverse: true,
         bytes: None,
         server_output: false,
         busy_probe: false,
@@ -225,8 +236,16 @@ pub fn malformed_cases() -> Vec<MalformedCase> {
     ]
 }
 
+/// How much longer than the client's the server's test may have lasted (TEST_RUNNING sent to
+/// TEST_END received, by the kernel's clock): the two control messages' trips. A late TEST_END
+/// means the client's control connection was starved (it once drowned among dropped frames
+/// while the server went on sending). The kernel's clock can only run slow, never fast (its
+/// one-shot TSC calibration under a loaded host overestimates the TSC's rate), so a slow clock
+/// cannot fail this check.
+pub const SERVER_TIME_SLACK: f64 = 1.0;
+
 /// The kernel's line for a finished test.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerLine {
     /// The kernel's test number.
     pub test: u64,
@@ -240,6 +259,8 @@ pub struct ServerLine {
     pub sent: u64,
     /// What the results reported to the client count.
     pub reported: u64,
+    /// TEST_RUNNING sent to TEST_END received, by the kernel's clock.
+    pub seconds: f64,
 }
 
 /// What the kernel's finished-test lines contain.
@@ -269,13 +290,14 @@ pub fn parse_done_line(line: &str) -> Option<ServerLine> {
         })?
         .parse()
         .ok()?;
-    let reverse = if rest.contains(", server sends, ") {
-        true
-    } else if rest.contains(", server receives, ") {
-        false
+    let (reverse, after) = if let Some((_, after)) = rest.split_once(", server sends, ") {
+        (true, after)
+    } else if let Some((_, after)) = rest.split_once(", server receives, ") {
+        (false, after)
     } else {
         return None;
     };
+    let seconds = after.split_once(" s: ")?.0.parse().ok()?;
     Some(ServerLine {
         test,
         streams,
@@ -283,6 +305,7 @@ pub fn parse_done_line(line: &str) -> Option<ServerLine> {
         received: field("received")?,
         sent: field("sent")?,
         reported: field("reported")?,
+        seconds,
     })
 }
 
@@ -422,6 +445,13 @@ pub fn judge(
     if server.reported == 0 {
         problems.push("the server counted nothing".to_string());
     }
+    let client_seconds = client.client_total().seconds;
+    if server.seconds > client_seconds + SERVER_TIME_SLACK {
+        problems.push(format!(
+            "the server's test lasted {:.2} s, the client's {client_seconds:.2} s: its TEST_END came late",
+            server.seconds
+        ));
+    }
     let client_bytes = client.client_total().bytes;
     if run.reverse {
         if server.sent != server.reported || server.received != 0 {
@@ -517,7 +547,8 @@ mod tests {
                 reverse: false,
                 received: 7733248,
                 sent: 0,
-                reported: 4579383
+                reported: 4579383,
+                seconds: 3.01,
             })
         );
         let one = LINE
@@ -558,6 +589,7 @@ mod tests {
             received: 2137653248,
             sent: 0,
             reported: 2137600000,
+            seconds: 1.0,
         }
     }
 
@@ -665,6 +697,7 @@ mod tests {
             received: 0,
             sent,
             reported: sent,
+            seconds: 2.0,
         }
     }
 
@@ -686,6 +719,16 @@ mod tests {
         )
         .is_err());
         // Sending outside the test (sent beyond what was reported) is wrong.
+        let mut late = reverse_server(26_000_000, 1);
+        late.seconds = 3.5;
+        assert!(
+            judge(&run, &reverse_report(25_000_000, 26_000_000, 1), &late)
+                .unwrap_err()
+                .contains("TEST_END came late")
+        );
+        // A kernel clock running slow is not a failure.
+        late.seconds = 1.1;
+        assert!(judge(&run, &reverse_report(25_000_000, 26_000_000, 1), &late).is_ok());
         let mut server = reverse_server(26_000_000, 1);
         server.sent += 1;
         assert!(judge(&run, &reverse_report(1, 26_000_000, 1), &server).is_err());
@@ -693,7 +736,7 @@ mod tests {
 
     #[test]
     fn byte_limit_is_exact() {
-        let run = CLIENT_RUNS[3];
+        let run = CLIENT_RUNS[4];
         let n = 8 << 20;
         assert!(judge(&run, &reverse_report(n, n, 2), &reverse_server(n, 2)).is_ok());
         assert!(judge(
