@@ -34,24 +34,24 @@ pub fn enabled(cmdline: &str) -> Services {
 pub fn start(services: Services, sockets: &mut SocketSet<'static>) -> Vec<Box<dyn Service>> {
     services
         .iter()
-        .filter_map(|kind| -> Option<Box<dyn Service>> {
+        .map(|kind| -> Box<dyn Service> {
             let port = kind.port();
             match kind {
-                ServiceKind::Echo => Some(Box::new(echo::EchoService::new(sockets, port, 4))),
-                ServiceKind::Discard => Some(Box::new(stream::StreamService::new(
+                ServiceKind::Echo => Box::new(echo::EchoService::new(sockets, port, 4)),
+                ServiceKind::Discard => Box::new(stream::StreamService::new(
                     sockets,
                     stream::Kind::Discard,
                     port,
                     2,
-                ))),
-                ServiceKind::Chargen => Some(Box::new(stream::StreamService::new(
+                )),
+                ServiceKind::Chargen => Box::new(stream::StreamService::new(
                     sockets,
                     stream::Kind::Chargen,
                     port,
                     2,
-                ))),
-                ServiceKind::Http => Some(Box::new(http::HttpService::new(sockets, port))),
-                ServiceKind::Iperf3 => Some(Box::new(iperf3::Iperf3Service::new(sockets, port))),
+                )),
+                ServiceKind::Http => Box::new(http::HttpService::new(sockets, port)),
+                ServiceKind::Iperf3 => Box::new(iperf3::Iperf3Service::new(sockets, port)),
             }
         })
         .collect()
