@@ -118,6 +118,7 @@ extern "C" fn kernel_entry(loader_magic: u32, info_phys: u32) -> ! {
     gdt::init_this_cpu();
     let cpu0 = cpu::init_this(0, boot_apic_id);
     time::calibrate();
+    *PM_TIMER.lock() = platform.pm_timer;
     log::info!(
         "time: TSC {} MHz, local APIC in {} mode",
         time::tsc_mhz(),
@@ -228,8 +229,15 @@ extern "C" fn ap_entry(index: u64) -> ! {
     sched::idle_loop()
 }
 
+/// The ACPI PM timer the clock is refined against (found with the platform at boot).
+static PM_TIMER: crate::sync::raw::RawSpinLock<Option<crate::arch::pmtimer::PmTimer>> =
+    crate::sync::raw::RawSpinLock::new(None);
+
 fn main_thread() {
     crate::deferred::init_callouts();
+    if let Some(pm) = *PM_TIMER.lock() {
+        crate::sched::Spawn::new("clock-refine").start(move || time::refine(pm));
+    }
     pci::init();
     let cmdline = Cmdline::parse(&state().cmdline).ok();
     let test = cmdline

@@ -5,6 +5,8 @@
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 
+use acpi::address::AddressSpace;
+use acpi::fadt::Fadt;
 use acpi::madt::{Madt, MadtEntry};
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 
@@ -54,6 +56,8 @@ pub struct Platform {
     pub cpu_apic_ids: Vec<u32>,
     pub io_apics: Vec<IoApicInfo>,
     pub isa_overrides: Vec<IsaOverride>,
+    /// The ACPI PM timer, when the FADT names one in I/O space.
+    pub pm_timer: Option<crate::arch::pmtimer::PmTimer>,
 }
 
 impl Platform {
@@ -83,7 +87,24 @@ pub fn discover(rsdp: Option<u64>, boot_apic_id: u32) -> Platform {
     };
     let mut platform = Platform::default();
     platform.cpu_apic_ids.push(boot_apic_id);
-    let madt = match tables.and_then(|t| t.find_table::<Madt>()) {
+    let tables = match tables {
+        Ok(tables) => tables,
+        Err(error) => {
+            log::warn!("ACPI: no tables ({error:?}); assuming one CPU");
+            return platform;
+        }
+    };
+    if let Ok(fadt) = tables.find_table::<Fadt>() {
+        if let Ok(Some(block)) = fadt.pm_timer_block() {
+            if block.address_space == AddressSpace::SystemIo && block.address <= 0xFFFF {
+                platform.pm_timer = Some(crate::arch::pmtimer::PmTimer {
+                    port: block.address as u16,
+                    bits32: { fadt.flags }.pm_timer_is_32_bit(),
+                });
+            }
+        }
+    }
+    let madt = match tables.find_table::<Madt>() {
         Ok(madt) => madt,
         Err(error) => {
             log::warn!("ACPI: no usable MADT ({error:?}); assuming one CPU");

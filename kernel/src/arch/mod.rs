@@ -8,6 +8,7 @@ pub mod interrupts;
 pub mod ioapic;
 pub mod msr;
 pub mod pit;
+pub mod pmtimer;
 pub mod qemu_exit;
 pub mod smp;
 pub mod trap;
