@@ -225,6 +225,11 @@ impl Nic {
         self.wake.up();
     }
 
+    /// Frames the receive queue still takes.
+    pub fn rx_room(&self) -> usize {
+        self.rx_limit.saturating_sub(self.rx.lock().len())
+    }
+
     pub fn take_frame(&self) -> Option<Vec<u8>> {
         self.rx.lock().pop_front()
     }

@@ -369,7 +369,7 @@ impl BulkRx {
             in_flight: VecDeque::new(),
             spare: Vec::new(),
         };
-        rx.refill()?;
+        rx.refill(RX_QUEUED)?;
         Ok(rx)
     }
 
@@ -377,9 +377,10 @@ impl BulkRx {
         self.in_flight.len()
     }
 
-    /// Tops the queue up to [`RX_QUEUED`], reusing completed transfers' buffers first.
-    fn refill(&mut self) -> Result<(), String> {
-        while self.in_flight.len() < RX_QUEUED {
+    /// Tops the queue up to `budget` transfers (at most [`RX_QUEUED`]), reusing completed
+    /// transfers' buffers first.
+    fn refill(&mut self, budget: usize) -> Result<(), String> {
+        while self.in_flight.len() < budget.min(RX_QUEUED) {
             let buffer = match self.spare.pop() {
                 Some(buffer) => buffer,
                 None => self
@@ -400,8 +401,21 @@ impl BulkRx {
     /// for a zero-length packet), None when nothing came or a failed transfer was recovered
     /// from. Err: the device is gone, or the pipe could not be recovered.
     pub fn receive(&mut self, timeout_us: u64) -> Result<Option<Vec<u8>>, String> {
-        self.refill()?;
+        self.receive_within(timeout_us, RX_QUEUED)
+    }
+
+    /// [`Self::receive`] with at most `budget` transfers queued: the frames they may bring
+    /// must fit in the stack's queue. With none allowed, waits a millisecond for the stack to
+    /// take frames: the device then holds its frame (QEMU queues behind it, a real device
+    /// NAKs) instead of the driver dropping one.
+    pub fn receive_within(
+        &mut self,
+        timeout_us: u64,
+        budget: usize,
+    ) -> Result<Option<Vec<u8>>, String> {
+        self.refill(budget)?;
         let Some(head) = self.in_flight.front() else {
+            crate::sched::sleep_ns(1_000_000);
             return Ok(None);
         };
         let Some(result) = head.poll_wait(timeout_us) else {
@@ -504,7 +518,10 @@ pub fn run_data_path<F: TxFraming>(
         }
         // Completions come in order: wait for the oldest, looking at the notification pipe
         // and the device's life every 100 ms.
-        if let Some(transfer) = rx.receive(POLL_US)? {
+        // Frames already queued to the stack plus those the transfers in flight may bring stay
+        // within the stack's queue: no frame is dropped for want of room.
+        let budget = nic.rx_room().saturating_sub(rx.queued()) + rx.queued();
+        if let Some(transfer) = rx.receive_within(POLL_US, budget)? {
             class.received(transfer);
         }
         if let Some(result) = notification.as_ref().and_then(|h| h.try_result()) {
