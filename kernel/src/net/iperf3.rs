@@ -36,13 +36,13 @@ use crate::time;
 /// to spare.
 const RX_BUFFER: usize = 256 * 1024;
 /// Payload a sending test keeps queued in its sockets in all, split evenly between its streams.
-/// What is queued is what can be in flight, and the peer answers what is in flight with ACKs
-/// that the NIC driver's receive queue must hold (64 frames for CDC-ECM, dropped beyond while
-/// the network thread waits in transmit). Measured with QEMU's user networking, which ACKs
-/// every segment: 16 streams with 256 KiB each lost tens of thousands of ACKs, and the
-/// client's TEST_END with them, for seconds; 4 streams with 32 KiB each still lost hundreds;
-/// 64 KiB in all lost none with 1, 4 or 16 streams.
-const SEND_QUEUE_TOTAL: usize = 64 * 1024;
+/// What is queued is what can be in flight, and the peer answers what is in flight with ACKs.
+/// Before the USB NIC driver held the device back when the stack's receive queue was full, it
+/// dropped frames there: 16 streams with 256 KiB each then lost tens of thousands of ACKs and
+/// the client's TEST_END with them, and this was 64 KiB. With back-pressure, 256 KiB in all
+/// lets one stream keep a few milliseconds of data in flight at the rates TCG reaches
+/// (g->h 90-108 -> 117-119 Mbit/s in one A/B on a quiet host).
+const SEND_QUEUE_TOTAL: usize = 256 * 1024;
 /// Send buffer of every socket: a sending stream never queues more (control messages are a
 /// few hundred bytes). A test with 16 streams holds about 5 MiB of buffers.
 const TX_BUFFER: usize = SEND_QUEUE_TOTAL;
