@@ -26,6 +26,7 @@ mod enumerate;
 mod function;
 mod mechanism;
 mod msi;
+pub mod virtio;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
