@@ -255,10 +255,21 @@ impl<'a> Cmdline<'a> {
     }
 
     /// Keys not in `known`, each once, in order of first appearance (for a boot-time warning).
+    /// A known entry `PREFIX.*` stands for every key `PREFIX.SUFFIX` with a non-empty suffix
+    /// (per-interface keys such as `ip.eth1`).
     pub fn unknown_keys(&self, known: &[&str]) -> Vec<&'a str> {
+        let is_known = |key: &str| {
+            known.iter().any(|&k| match k.strip_suffix(".*") {
+                Some(prefix) => key
+                    .strip_prefix(prefix)
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .is_some_and(|suffix| !suffix.is_empty()),
+                None => k == key,
+            })
+        };
         let mut out: Vec<&'a str> = Vec::new();
         for &(k, _) in &self.entries {
-            if !known.contains(&k) && !out.contains(&k) {
+            if !is_known(k) && !out.contains(&k) {
                 out.push(k);
             }
         }
@@ -583,6 +594,24 @@ mod tests {
             c.unknown_keys(&["log", "smp", "zz", "aa", "/boot/kernel"]),
             Vec::<&str>::new()
         );
+    }
+
+    #[test]
+    fn prefix_patterns_know_suffixed_keys() {
+        let c = Cmdline::parse(
+            "ip=10.0.2.15/24 ip.eth1=dhcp gw.eth1=10.0.3.2 ip. ipx.eth1=1 ip.eth1.x=2",
+        )
+        .unwrap();
+        assert_eq!(
+            c.unknown_keys(&["ip", "ip.*", "gw.*"]),
+            vec!["ip.", "ipx.eth1"],
+            "an empty suffix and another prefix are unknown; a dotted suffix is still a suffix"
+        );
+        assert_eq!(
+            c.unknown_keys(&["ip.*"]),
+            vec!["ip", "gw.eth1", "ip.", "ipx.eth1"]
+        );
+        assert_eq!(c.get("ip.eth1"), Some("dhcp"));
     }
 
     #[test]
