@@ -23,6 +23,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "usbnet",
     "ip",
     "gw",
+    "ip.*",
+    "gw.*",
     "services",
     "watchdog",
     "watchdog_ms",

@@ -7,6 +7,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod addressing;
 pub mod fault;
 pub mod http;
 pub mod iperf3;

@@ -1,5 +1,6 @@
 //! Networking: one thread per interface runs smoltcp over the NIC driver's queues and the
-//! services. Addressing by DHCPv4 unless `ip=` (and `gw=`) give a static one.
+//! services. Addressing by DHCPv4 unless the command line gives the interface a static one
+//! (`ip.eth1=`/`gw.eth1=`, or `ip=`/`gw=` for `eth0`; see `tether_netstack::addressing`).
 
 mod device;
 mod echo;
@@ -18,11 +19,12 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use tether_kcore::cmdline::Cmdline;
+use tether_netstack::addressing::{self, Addressing};
 use tether_netstack::services::Services;
 use tether_netstack::smoltcp::iface::{Config, Interface, SocketSet};
 use tether_netstack::smoltcp::socket::dhcpv4;
 use tether_netstack::smoltcp::time::Instant;
-use tether_netstack::smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, Ipv4Address};
+use tether_netstack::smoltcp::wire::{EthernetAddress, IpAddress, IpCidr};
 use tether_netstack::watchdog::Policy;
 
 use crate::sched::{Priority, Spawn};
@@ -30,55 +32,7 @@ use crate::sync::Mutex;
 use crate::time;
 use device::NicDevice;
 pub use nic::{Nic, Transmit};
-
-#[derive(Clone, Copy, Debug)]
-pub struct Addressing {
-    pub ip: Ipv4Address,
-    pub prefix: u8,
-    pub gateway: Option<Ipv4Address>,
-}
-
-pub fn parse_ipv4(text: &str) -> Option<Ipv4Address> {
-    let mut octets = [0u8; 4];
-    let mut parts = text.split('.');
-    for octet in &mut octets {
-        *octet = parts.next()?.parse().ok()?;
-    }
-    parts
-        .next()
-        .is_none()
-        .then(|| Ipv4Address::from_octets(octets))
-}
-
-/// Static addressing from `ip=A.B.C.D/N` and `gw=A.B.C.D`, or None for DHCP. A bad value is
-/// reported and DHCP used instead.
-pub fn addressing(cmdline: &str) -> Option<Addressing> {
-    let cmdline = Cmdline::parse(cmdline).ok()?;
-    let ip = cmdline.get("ip")?;
-    let (addr, prefix) = ip.split_once('/').unwrap_or((ip, "24"));
-    let (Some(addr), Some(prefix)) = (
-        parse_ipv4(addr),
-        prefix.parse::<u8>().ok().filter(|p| *p <= 32),
-    ) else {
-        log::warn!("ip={ip}: expected A.B.C.D/N; using DHCP");
-        return None;
-    };
-    let gateway = match cmdline.get("gw") {
-        Some(gw) => {
-            let parsed = parse_ipv4(gw);
-            if parsed.is_none() {
-                log::warn!("gw={gw}: expected A.B.C.D; no default route");
-            }
-            parsed
-        }
-        None => None,
-    };
-    Some(Addressing {
-        ip: addr,
-        prefix,
-        gateway,
-    })
-}
+pub use tether_netstack::addressing::parse_ipv4;
 
 static INTERFACES: Mutex<Vec<Arc<Nic>>> = Mutex::new("net.interfaces", Vec::new());
 static NEXT_INDEX: AtomicUsize = AtomicUsize::new(0);
@@ -99,7 +53,7 @@ pub fn attach(nic: Arc<Nic>) {
 }
 
 fn start_thread(nic: Arc<Nic>) {
-    let addressing = addressing(&crate::boot::state().cmdline);
+    let addressing = static_addressing(&crate::boot::state().cmdline, &nic.name);
     Spawn::new(format!("net-{}", nic.name))
         .priority(Priority::Driver)
         .start(move || run(nic, addressing));
@@ -174,6 +128,17 @@ pub fn watchdog_interval_us() -> u64 {
             }
         },
     }
+}
+
+/// The static addressing the command line gives `interface`, or None for DHCP; bad values are
+/// reported here.
+fn static_addressing(cmdline: &str, interface: &str) -> Option<Addressing> {
+    let cmdline = Cmdline::parse(cmdline).ok()?;
+    let plan = addressing::plan_for(&cmdline, interface);
+    for warning in &plan.warnings {
+        log::warn!("{warning}");
+    }
+    plan.addressing
 }
 
 fn now() -> Instant {
