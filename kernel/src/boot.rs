@@ -254,6 +254,8 @@ fn main_thread() {
     if let Some(which) = test {
         crate::ktest::run(&which);
     } else {
+        // virtio first: it names its interfaces at once, so they come first on every boot.
+        crate::virtio::start();
         crate::usb::start();
         crate::shell::start();
         kprint!("tether> ");

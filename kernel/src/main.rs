@@ -57,3 +57,5 @@ mod time;
 mod trace;
 #[cfg(target_os = "none")]
 mod usb;
+#[cfg(target_os = "none")]
+mod virtio;

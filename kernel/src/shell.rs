@@ -76,7 +76,7 @@ fn execute(line: &str) {
     match words.next() {
         None => {}
         Some("help") => kprintln!(
-            "commands: help | threads | cpus | mem | ifconfig | counters | usb | pipes | trace [N] | log [SPEC] | uptime | ping ADDR [MS [N]] | ping stop | fault TOKEN IFACE KIND\n  log SPEC sets console levels, e.g. `log warn,sched=debug`\n  fault (needs faults=TOKEN at boot): KIND is wedge, wedge-rx, stall, drop-irq:MS, fail-reset[:N] or reset"
+            "commands: help | threads | cpus | mem | ifconfig | counters | virtio | usb | pipes | trace [N] | log [SPEC] | uptime | ping ADDR [MS [N]] | ping stop | fault TOKEN IFACE KIND\n  log SPEC sets console levels, e.g. `log warn,sched=debug`\n  fault (needs faults=TOKEN at boot): KIND is wedge, wedge-rx, stall, drop-irq:MS, fail-reset[:N] or reset"
         ),
         Some("threads") => print(status::write_threads),
         Some("cpus") => {
@@ -137,6 +137,11 @@ fn execute(line: &str) {
                     Ok(done) => kprintln!("{done}"),
                     Err(error) => kprintln!("fault: {error}"),
                 },
+            }
+        }
+        Some("virtio") => {
+            for device in crate::virtio::report() {
+                kprintln!("{device}");
             }
         }
         Some("uptime") => print(status::write_uptime),

@@ -60,3 +60,14 @@ pub fn readable(addr: u64, len: u64) -> bool {
     RAM.get()
         .is_some_and(|ram| ram.iter().any(|r| addr >= r.start && end <= r.end))
 }
+
+/// Whether `len` bytes at `addr` are RAM at their own physical address (the identity map), so a
+/// device given `addr` reaches them. Heap and DMA buffers are; thread stacks (their own virtual
+/// region) are not.
+pub fn is_identity_mapped_ram(addr: u64, len: u64) -> bool {
+    let Some(end) = addr.checked_add(len) else {
+        return false;
+    };
+    RAM.get()
+        .is_some_and(|ram| ram.iter().any(|r| addr >= r.start && end <= r.end))
+}
