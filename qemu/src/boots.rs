@@ -266,6 +266,105 @@ fn run_with_qmp(
     outcome.with_context(failure_context(&q, &log, &machine))
 }
 
+/// `count` free loopback ports, held open together so they differ, then released for QEMU.
+fn free_loopback_ports(count: usize) -> Result<Vec<u16>, String> {
+    let listeners: Result<Vec<_>, _> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect();
+    listeners
+        .and_then(|l| l.iter().map(|l| l.local_addr().map(|a| a.port())).collect())
+        .map_err(|e| format!("no free loopback ports: {e}"))
+}
+
+/// `len` bytes from a seeded xorshift: reproducible, incompressible.
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Sends `data` through the echo service behind 127.0.0.1:`port` while reading it back, and
+/// compares byte for byte. Returns the seconds it took.
+fn echo_exchange(port: u16, data: &[u8]) -> Result<f64, String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut reader = stream.try_clone().map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let expected = data.len();
+    let receiver = std::thread::spawn(move || {
+        let mut got = Vec::with_capacity(expected);
+        let mut buf = vec![0u8; 64 * 1024];
+        while got.len() < expected {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(format!("read after {} bytes: {e}", got.len())),
+            }
+        }
+        Ok(got)
+    });
+    stream.write_all(data).map_err(|e| format!("write: {e}"))?;
+    let got = receiver
+        .join()
+        .map_err(|_| "reader panicked".to_string())??;
+    let seconds = started.elapsed().as_secs_f64();
+    if got.len() != data.len() {
+        return Err(format!("echoed {} of {} bytes", got.len(), data.len()));
+    }
+    if let Some(at) = got.iter().zip(data).position(|(a, b)| a != b) {
+        return Err(format!("echoed bytes differ from byte {at}"));
+    }
+    Ok(seconds)
+}
+
+/// Pushes `net::DISCARD_BYTES` into discard and checks `net::CHARGEN_BYTES` of chargen's
+/// RFC 864 pattern.
+fn discard_and_chargen(discard_port: u16, chargen_port: u16, data: &[u8]) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use tether_tests::net;
+    let mut sink = std::net::TcpStream::connect(("127.0.0.1", discard_port))
+        .map_err(|e| format!("discard connect: {e}"))?;
+    sink.write_all(&data[..net::DISCARD_BYTES.min(data.len())])
+        .map_err(|e| format!("discard write: {e}"))?;
+    drop(sink);
+    let mut source = std::net::TcpStream::connect(("127.0.0.1", chargen_port))
+        .map_err(|e| format!("chargen connect: {e}"))?;
+    source
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut pattern = vec![0u8; net::CHARGEN_BYTES];
+    source
+        .read_exact(&mut pattern)
+        .map_err(|e| format!("chargen read: {e}"))?;
+    if let Some(at) = pattern
+        .iter()
+        .enumerate()
+        .position(|(i, &b)| b != net::chargen_byte(i))
+    {
+        return Err(format!(
+            "chargen byte {at} is {:#04x}, expected {:#04x}",
+            pattern[at],
+            net::chargen_byte(at)
+        ));
+    }
+    Ok(())
+}
+
+/// Mbit/s of `bytes` in `seconds`.
+fn mbit_per_s(bytes: usize, seconds: f64) -> f64 {
+    bytes as f64 * 8.0 / seconds / 1e6
+}
+
 /// Boots with usb-net and user networking forwarding a free loopback port to the echo
 /// service (the USB network driver chosen by `boot`'s command line), sends `net::ECHO_BYTES`
 /// random bytes and compares what comes back, then checks discard, chargen and that the
@@ -275,18 +374,11 @@ pub fn run_net_echo_test(
     boot: &tether_tests::net::EchoBoot,
     settings: &BootSettings,
 ) -> TestOutcome {
-    use std::io::{Read, Write};
     use tether_tests::net;
     let name = format!("net::{}", boot.name);
-    // Three free loopback ports, held open together so they differ, then released for QEMU.
-    let listeners: Result<Vec<_>, _> = (0..3)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect();
-    let ports: Vec<u16> = match listeners
-        .and_then(|l| l.iter().map(|l| l.local_addr().map(|a| a.port())).collect())
-    {
+    let ports = match free_loopback_ports(3) {
         Ok(ports) => ports,
-        Err(e) => return TestOutcome::fail(name, format!("no free loopback ports: {e}")),
+        Err(reason) => return TestOutcome::fail(name, reason),
     };
     let (port, discard_port, chargen_port) = (ports[0], ports[1], ports[2]);
     let mut machine = Machine::pvh(kernel, boot.cmdline);
@@ -320,73 +412,9 @@ pub fn run_net_echo_test(
                 boot.driver_receiving
             ));
         }
-        // Random bytes from a seeded xorshift: reproducible, incompressible.
-        let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(port);
-        let data: Vec<u8> = (0..net::ECHO_BYTES)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
-            .map_err(|e| format!("connect: {e}"))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        let mut reader = stream.try_clone().map_err(|e| e.to_string())?;
-        let started = Instant::now();
-        let expected = data.len();
-        let receiver = std::thread::spawn(move || {
-            let mut got = Vec::with_capacity(expected);
-            let mut buf = vec![0u8; 64 * 1024];
-            while got.len() < expected {
-                match reader.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                    Err(e) => return Err(format!("read after {} bytes: {e}", got.len())),
-                }
-            }
-            Ok(got)
-        });
-        stream.write_all(&data).map_err(|e| format!("write: {e}"))?;
-        let got = receiver
-            .join()
-            .map_err(|_| "reader panicked".to_string())??;
-        let seconds = started.elapsed().as_secs_f64();
-        if got.len() != data.len() {
-            return Err(format!("echoed {} of {} bytes", got.len(), data.len()));
-        }
-        if let Some(at) = got.iter().zip(&data).position(|(a, b)| a != b) {
-            return Err(format!("echoed bytes differ from byte {at}"));
-        }
-        // Discard takes everything; chargen sends the RFC 864 pattern.
-        let mut sink = std::net::TcpStream::connect(("127.0.0.1", discard_port))
-            .map_err(|e| format!("discard connect: {e}"))?;
-        sink.write_all(&data[..net::DISCARD_BYTES])
-            .map_err(|e| format!("discard write: {e}"))?;
-        drop(sink);
-        let mut source = std::net::TcpStream::connect(("127.0.0.1", chargen_port))
-            .map_err(|e| format!("chargen connect: {e}"))?;
-        source
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        let mut pattern = vec![0u8; net::CHARGEN_BYTES];
-        source
-            .read_exact(&mut pattern)
-            .map_err(|e| format!("chargen read: {e}"))?;
-        if let Some(at) = pattern
-            .iter()
-            .enumerate()
-            .position(|(i, &b)| b != net::chargen_byte(i))
-        {
-            return Err(format!(
-                "chargen byte {at} is {:#04x}, expected {:#04x}",
-                pattern[at],
-                net::chargen_byte(at)
-            ));
-        }
+        let data = random_bytes(u64::from(port), net::ECHO_BYTES);
+        let seconds = echo_exchange(port, &data)?;
+        discard_and_chargen(discard_port, chargen_port, &data)?;
         q.send_serial_line(net::IFCONFIG)
             .map_err(|e| format!("console: {e:#}"))?;
         match q.wait_for(Instant::now() + Duration::from_secs(10), |l| {
@@ -403,8 +431,130 @@ pub fn run_net_echo_test(
             net::DHCP_LEASE,
             data.len() >> 20,
             seconds,
-            data.len() as f64 * 8.0 / seconds / 1e6
+            mbit_per_s(data.len(), seconds)
         ))
+    })();
+    q.kill();
+    let outcome = match result {
+        Ok(summary) => TestOutcome::pass(&name, summary),
+        Err(reason) => TestOutcome::fail(&name, reason),
+    };
+    outcome.with_context(failure_context(&q, &log, &machine))
+}
+
+/// Boots a `tether_tests::net::NetBoot`: every interface must announce what it expects (its
+/// lease or static address), then `net::ECHO_BYTES` go through each interface's echo at the
+/// same time and are compared byte for byte; discard and chargen too when asked. With a virtio
+/// interface first, the summary adds the console's interrupt and doorbell counts per frame.
+pub fn run_net_boot(
+    kernel: &Path,
+    boot: &tether_tests::net::NetBoot,
+    settings: &BootSettings,
+) -> TestOutcome {
+    use tether_tests::net::{self, TestNic};
+    let name = format!("net::{}", boot.name);
+    let count = boot.interfaces.len();
+    let ports: Vec<[u16; 3]> = match free_loopback_ports(3 * count) {
+        Ok(ports) => ports.chunks(3).map(|c| [c[0], c[1], c[2]]).collect(),
+        Err(reason) => return TestOutcome::fail(name, reason),
+    };
+    let mut machine = Machine::pvh(kernel, boot.cmdline);
+    machine.extra_args.extend(boot.machine_args(&ports));
+    let (mut q, log) = match settings.spawn(boot.name, &machine) {
+        Ok(spawned) => spawned,
+        Err(failure) => return TestOutcome { name, ..failure },
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let result = (|| -> Result<String, String> {
+        let mut announced = vec![false; count];
+        while announced.contains(&false) {
+            match q.wait_for(deadline, |l| l.contains(net::INTERFACE_UP)) {
+                Wait::Found(line) => match boot.announced(&line) {
+                    Some(index) => announced[index] = true,
+                    None => return Err(format!("unexpected announcement `{line}`")),
+                },
+                Wait::Exited(status) => {
+                    return Err(format!("QEMU exited: {}", KernelExit::from_status(status)))
+                }
+                Wait::TimedOut => {
+                    let missing: Vec<&str> = boot
+                        .interfaces
+                        .iter()
+                        .zip(&announced)
+                        .filter(|(_, seen)| !**seen)
+                        .map(|(i, _)| i.announces)
+                        .collect();
+                    return Err(format!("no `{}` line within 60 s", missing.join("`, `")));
+                }
+            }
+        }
+        // Every interface at once, each with its own data.
+        let data: Vec<Vec<u8>> = ports
+            .iter()
+            .map(|[echo, _, _]| random_bytes(u64::from(*echo), net::ECHO_BYTES))
+            .collect();
+        let results: Vec<Result<f64, String>> = std::thread::scope(|scope| {
+            let exchanges: Vec<_> = ports
+                .iter()
+                .zip(&data)
+                .map(|([echo, _, _], data)| scope.spawn(move || echo_exchange(*echo, data)))
+                .collect();
+            exchanges
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("echo thread panicked".into()))
+                })
+                .collect()
+        });
+        let mut figures = Vec::new();
+        for (interface, result) in boot.interfaces.iter().zip(results) {
+            let iface = interface.announces.split(':').next().unwrap_or("?");
+            let seconds = result.map_err(|e| format!("{iface}: {e}"))?;
+            figures.push(format!(
+                "{iface} {:.2} s ({:.0} Mbit/s each way)",
+                seconds,
+                mbit_per_s(net::ECHO_BYTES, seconds)
+            ));
+        }
+        let mut summary = format!(
+            "{}; {} MiB echoed byte for byte through {}",
+            boot.interfaces
+                .iter()
+                .map(|i| i.announces)
+                .collect::<Vec<_>>()
+                .join(", "),
+            net::ECHO_BYTES >> 20,
+            figures.join(", ")
+        );
+        if boot.streams {
+            let [_, discard, chargen] = ports[0];
+            discard_and_chargen(discard, chargen, &data[0])?;
+            summary.push_str("; discard took 1 MiB, chargen pattern checked over 64 KiB");
+        }
+        let first_is_virtio = matches!(
+            boot.interfaces.first().map(|i| i.nic),
+            Some(TestNic::VirtioTransitional | TestNic::VirtioModern)
+        );
+        if first_is_virtio {
+            // The console's counters, for the per-frame cost (informational, never a failure).
+            let seen = q.lines().len();
+            let asked =
+                q.send_serial_line("ifconfig").is_ok() && q.send_serial_line("virtio").is_ok();
+            let counters_by = Instant::now() + Duration::from_secs(5);
+            if asked
+                && matches!(
+                    q.wait_for(counters_by, |l| l.contains("doorbells:")),
+                    Wait::Found(_)
+                )
+            {
+                let lines: Vec<String> = q.texts().into_iter().skip(seen).collect();
+                if let Some(counters) = net::parse_virtio_counters(&lines, "eth0") {
+                    summary.push_str(&format!("; eth0 virtio: {}", counters.per_frame()));
+                }
+            }
+        }
+        Ok(summary)
     })();
     q.kill();
     let outcome = match result {

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tether_tests::boot_tests::{BootTest, BOOT_TESTS, HOTPLUG_TEST_ENABLED};
 use tether_tests::hotplug;
+use tether_tests::net::{NetBoot, NET_BOOTS};
 use tether_tests::suites::{IsoBoot, ISO_BOOTS};
 
 /// QEMU boots run at once (these hosts have 2 cores; each TCG guest wants more).
@@ -47,6 +48,7 @@ enum BootJob<'a> {
     /// A recovery test (issue 6): its name and runner.
     Recovery(&'static str, fn(&Path, &BootSettings) -> TestOutcome),
     NetIperf3,
+    Net(&'a NetBoot),
     Iso(&'a IsoBoot),
 }
 
@@ -62,6 +64,7 @@ impl BootJob<'_> {
             BootJob::NetStatic => tether_tests::http::STATIC_NAME,
             BootJob::Recovery(name, _) => name,
             BootJob::NetIperf3 => tether_tests::iperf3::BOOT_NAME,
+            BootJob::Net(boot) => boot.name,
             BootJob::Iso(boot) => boot.name,
         }
     }
@@ -157,6 +160,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
         BootJob::Recovery(net_recovery::UNPLUG_NAME, net_recovery::run_unplug_test),
     ]);
     shared.push(BootJob::NetIperf3);
+    shared.extend(NET_BOOTS.iter().map(BootJob::Net));
     shared.extend(ISO_BOOTS.iter().map(BootJob::Iso));
     if let Some(filter) = &options.filter {
         alone.retain(|job| job.name().contains(filter.as_str()));
@@ -182,6 +186,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
         BootJob::NetStatic => vec![net_http::run_net_static_test(kernel, &settings)],
         BootJob::Recovery(_, run) => vec![run(kernel, &settings)],
         BootJob::NetIperf3 => net_iperf3::run_iperf3_tests(kernel, &settings),
+        BootJob::Net(boot) => vec![boots::run_net_boot(kernel, boot, &settings)],
         BootJob::Iso(boot) => vec![boots::run_iso_boot(iso, boot, &settings)],
     };
     let mut report = |outcomes: Vec<TestOutcome>| {

@@ -19,7 +19,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 
 use tether_pci::{PciAddress, PciFunction};
 use virtio_drivers::device::net::VirtIONetRaw;
@@ -100,6 +100,25 @@ impl Rings {
     /// Moves every received frame to `frames` and posts the buffers again. Frames whose
     /// reported length does not fit the buffer are dropped and counted.
     fn receive(
+        &mut self,
+        frames: &mut Vec<Vec<u8>>,
+        counters: &DriverCounters,
+    ) -> Result<(), String> {
+        loop {
+            self.receive_completed(frames, counters)?;
+            // Popping wrote `used_event` ("interrupt me past here") with a release store, and
+            // the check for new entries is a load: x86 may order that load first, so this
+            // thread and the device could each miss the other's write, and the device would
+            // not interrupt for an entry this pass did not see (1 s stalls, seen under load).
+            // A full fence, then a second look, closes it (Linux: virtio_mb in virtqueue_poll).
+            fence(Ordering::SeqCst);
+            if self.raw.poll_receive().is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn receive_completed(
         &mut self,
         frames: &mut Vec<Vec<u8>>,
         counters: &DriverCounters,
