@@ -283,7 +283,7 @@ pub fn report() -> Vec<String> {
             let rings = d.rings.lock();
             let rx_posted = rings.rx_posted.iter().filter(|b| b.is_some()).count();
             format!(
-                "{}: virtio-net {} interrupts by {}: {} queue, {} config\n  doorbells: {} receive, {} transmit\n  receive: {} buffers posted, {} frames too long for them\n  transmit: {} in flight, {} buffers, {} waits for a full queue",
+                "{}: virtio-net {} interrupts by {}: {} queue, {} config\n  doorbells: {} receive, {} transmit ({} and {} not needed, saved)\n  receive: {} buffers posted, {} frames too long for them\n  transmit: {} in flight, {} buffers, {} waits for a full queue",
                 d.interface,
                 d.address,
                 if d.msix { "MSI-X" } else { "none (polling)" },
@@ -291,6 +291,8 @@ pub fn report() -> Vec<String> {
                 d.wakeup.config_interrupts.load(Ordering::Relaxed),
                 d.transport.notifications[0].load(Ordering::Relaxed),
                 d.transport.notifications[1].load(Ordering::Relaxed),
+                d.transport.suppressed[0].load(Ordering::Relaxed),
+                d.transport.suppressed[1].load(Ordering::Relaxed),
                 rx_posted,
                 d.counters.rx_bad_length.load(Ordering::Relaxed),
                 rings.tx_in_flight,
