@@ -29,8 +29,42 @@ fn outcome_name(test: &str) -> String {
 /// Boots once and runs every iperf3 test: one outcome per test, all failed with the same
 /// reason when the boot or the host cannot run them.
 pub fn run_iperf3_tests(kernel: &Path, settings: &BootSettings) -> Vec<TestOutcome> {
-    let names: Vec<String> = std::iter::once(spec::MALFORMED_NAME)
-        .chain(spec::CLIENT_RUNS.iter().map(|run| run.name))
+    run_suite(
+        kernel,
+        settings,
+        spec::BOOT_NAME,
+        spec::machine_args,
+        true,
+        &spec::CLIENT_RUNS,
+    )
+}
+
+/// The stock client in both directions over virtio-net (issue 5), one boot.
+pub fn run_iperf3_virtio_tests(kernel: &Path, settings: &BootSettings) -> Vec<TestOutcome> {
+    run_suite(
+        kernel,
+        settings,
+        spec::VIRTIO_BOOT_NAME,
+        spec::virtio_machine_args,
+        false,
+        &spec::VIRTIO_RUNS,
+    )
+}
+
+/// One boot on the machine `machine_args` describes: the malformed exchanges (when
+/// `malformed`), then `runs` in order.
+fn run_suite(
+    kernel: &Path,
+    settings: &BootSettings,
+    boot_name: &str,
+    machine_args: fn(u16) -> Vec<String>,
+    malformed: bool,
+    runs: &[spec::ClientRun],
+) -> Vec<TestOutcome> {
+    let names: Vec<String> = malformed
+        .then_some(spec::MALFORMED_NAME)
+        .into_iter()
+        .chain(runs.iter().map(|run| run.name))
         .map(outcome_name)
         .collect();
     let fail_all = |reason: &str, context: Vec<String>| -> Vec<TestOutcome> {
@@ -50,8 +84,8 @@ pub fn run_iperf3_tests(kernel: &Path, settings: &BootSettings) -> Vec<TestOutco
         Err(e) => return fail_all(&format!("no free loopback port: {e}"), vec![]),
     };
     let mut machine = Machine::pvh(kernel, "");
-    machine.extra_args.extend(spec::machine_args(port));
-    let (mut q, log) = match settings.spawn(spec::BOOT_NAME, &machine) {
+    machine.extra_args.extend(machine_args(port));
+    let (mut q, log) = match settings.spawn(boot_name, &machine) {
         Ok(spawned) => spawned,
         Err(failure) => {
             let reason = failure.result.err().unwrap_or_default();
@@ -63,11 +97,14 @@ pub fn run_iperf3_tests(kernel: &Path, settings: &BootSettings) -> Vec<TestOutco
         return fail_all(&reason, failure_context(&q, &log, &machine));
     }
     let address = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut results = vec![(
-        outcome_name(spec::MALFORMED_NAME),
-        malformed_exchanges(&mut q, address),
-    )];
-    for run in &spec::CLIENT_RUNS {
+    let mut results = Vec::new();
+    if malformed {
+        results.push((
+            outcome_name(spec::MALFORMED_NAME),
+            malformed_exchanges(&mut q, address),
+        ));
+    }
+    for run in runs {
         let result = client_run(&mut q, address, run, settings);
         results.push((outcome_name(run.name), result));
     }

@@ -48,6 +48,7 @@ enum BootJob<'a> {
     /// A recovery test (issue 6): its name and runner.
     Recovery(&'static str, fn(&Path, &BootSettings) -> TestOutcome),
     NetIperf3,
+    NetIperf3Virtio,
     Net(&'a NetBoot),
     Iso(&'a IsoBoot),
 }
@@ -64,6 +65,7 @@ impl BootJob<'_> {
             BootJob::NetStatic => tether_tests::http::STATIC_NAME,
             BootJob::Recovery(name, _) => name,
             BootJob::NetIperf3 => tether_tests::iperf3::BOOT_NAME,
+            BootJob::NetIperf3Virtio => tether_tests::iperf3::VIRTIO_BOOT_NAME,
             BootJob::Net(boot) => boot.name,
             BootJob::Iso(boot) => boot.name,
         }
@@ -160,6 +162,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
         BootJob::Recovery(net_recovery::UNPLUG_NAME, net_recovery::run_unplug_test),
     ]);
     shared.push(BootJob::NetIperf3);
+    shared.push(BootJob::NetIperf3Virtio);
     shared.extend(NET_BOOTS.iter().map(BootJob::Net));
     shared.extend(ISO_BOOTS.iter().map(BootJob::Iso));
     if let Some(filter) = &options.filter {
@@ -186,6 +189,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
         BootJob::NetStatic => vec![net_http::run_net_static_test(kernel, &settings)],
         BootJob::Recovery(_, run) => vec![run(kernel, &settings)],
         BootJob::NetIperf3 => net_iperf3::run_iperf3_tests(kernel, &settings),
+        BootJob::NetIperf3Virtio => net_iperf3::run_iperf3_virtio_tests(kernel, &settings),
         BootJob::Net(boot) => vec![boots::run_net_boot(kernel, boot, &settings)],
         BootJob::Iso(boot) => vec![boots::run_iso_boot(iso, boot, &settings)],
     };

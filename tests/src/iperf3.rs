@@ -45,6 +45,42 @@ pub fn machine_args(host_port: u16) -> Vec<String> {
     ]
 }
 
+/// Name of the boot of the iperf3 runs over virtio-net (`--filter iperf3` selects it too).
+pub const VIRTIO_BOOT_NAME: &str = "net_iperf3_virtio";
+
+/// QEMU arguments: virtio-net-pci (transitional, QEMU's default ID), user networking
+/// forwarding `127.0.0.1:host_port` to the guest's 5201.
+pub fn virtio_machine_args(host_port: u16) -> Vec<String> {
+    vec![
+        "-netdev".into(),
+        format!("user,id=n0,hostfwd=tcp:127.0.0.1:{host_port}-:{GUEST_PORT}"),
+        "-device".into(),
+        "virtio-net-pci,netdev=n0,romfile=".into(),
+    ]
+}
+
+/// The client runs over virtio-net: both directions.
+pub const VIRTIO_RUNS: [ClientRun; 2] = [
+    ClientRun {
+        name: "iperf3_virtio_forward",
+        args: &["-t", "3"],
+        streams: 1,
+        reverse: false,
+        bytes: None,
+        server_output: false,
+        busy_probe: false,
+    },
+    ClientRun {
+        name: "iperf3_virtio_reverse",
+        args: &["-t", "3", "-R"],
+        streams: 1,
+        reverse: true,
+        bytes: None,
+        server_output: false,
+        busy_probe: false,
+    },
+];
+
 /// One run of the stock client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientRun {
