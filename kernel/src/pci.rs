@@ -129,6 +129,12 @@ pub fn enable_msix_entry(
     Ok(())
 }
 
+/// Lets the function interrupt by its INTx pin (the caller routes the line).
+pub fn enable_intx(function: &PciFunction) -> Result<(), &'static str> {
+    tether_pci::enable_intx(&CONFIG, function.address);
+    Ok(())
+}
+
 /// Single-vector MSI to `vector` on CPU `apic_id`.
 pub fn enable_msi(
     function: &PciFunction,

@@ -75,7 +75,8 @@ pub const USB_DEVICES: &[&str] = &[
     "-device",
     "usb-mouse,bus=xhci.0,port=4.1",
     "-device",
-    "nec-usb-xhci,id=nec",
+    // The second controller without MSI and MSI-X: it must interrupt through its INTx line.
+    "nec-usb-xhci,id=nec,msi=off,msix=off",
     "-device",
     "usb-net,bus=nec.0,netdev=n1",
     "-device",

@@ -50,6 +50,15 @@ pub fn enable_bus_master_and_memory(
     });
 }
 
+/// Lets the function assert its legacy INTx pin (clears Interrupt Disable) and enables memory
+/// decoding and bus mastering: the driver interrupts by INTx when it has neither MSI nor MSI-X.
+pub fn enable_intx(access: &(impl ConfigRegionAccess + ?Sized), address: PciAddress) {
+    update_command(access, address, |c| {
+        (c | CommandRegister::MEMORY_ENABLE | CommandRegister::BUS_MASTER_ENABLE)
+            & !CommandRegister::INTERRUPT_DISABLE
+    });
+}
+
 /// Stops the function asserting its legacy INTx pin; done whenever MSI or MSI-X is enabled so
 /// the device cannot raise a shared level interrupt nobody acknowledges.
 pub fn disable_intx(access: &(impl ConfigRegionAccess + ?Sized), address: PciAddress) {

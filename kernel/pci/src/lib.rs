@@ -38,7 +38,7 @@ pub use access::read_config_dword;
 pub use bar::Bar;
 pub use capability::{capability_id, Capability};
 pub use class::class_name;
-pub use command::{disable_intx, enable_bus_master_and_memory, read_command};
+pub use command::{disable_intx, enable_bus_master_and_memory, enable_intx, read_command};
 pub use enumerate::{enumerate, enumerate_segment};
 pub use function::PciFunction;
 pub use mechanism::{ecam_offset, legacy_config_address, LEGACY_CONFIG_SPACE_SIZE};

@@ -86,6 +86,19 @@ pub fn route(
     Ok(())
 }
 
+/// Unmasks `gsi` (routed before with [`route`]).
+pub fn unmask(gsi: u32) {
+    let apics = IOAPICS.lock();
+    if let Some(apic) = apics
+        .iter()
+        .find(|a| gsi >= a.gsi_base && gsi < a.gsi_base + a.entries)
+    {
+        let reg = 0x10 + 2 * (gsi - apic.gsi_base);
+        let low = apic.read(reg);
+        apic.write(reg, low & !(1 << 16));
+    }
+}
+
 pub fn mask(gsi: u32) {
     let apics = IOAPICS.lock();
     if let Some(apic) = apics

@@ -48,6 +48,17 @@ fn usb_enumeration() -> TestResult {
             "{what} ({vid:04x}:{pid:04x}) not found on {controller}"
         );
     }
+    // xhci1 (qemu-xhci) interrupts by MSI-X; xhci2 (nec-usb-xhci with msi=off,msix=off) has
+    // only its INTx pin, routed through the firmware's Interrupt Line: it must really
+    // interrupt, not fall back to polling.
+    let modes = usb::interrupt_modes();
+    for (controller, mode) in [("xhci1", "MSI-X"), ("xhci2", "INTx")] {
+        let found = modes.iter().find(|m| m.0 == controller);
+        ensure!(
+            found.is_some_and(|m| m.1 == mode && m.2 > 0),
+            "{controller}: expected interrupts by {mode}, got {found:?}"
+        );
+    }
     // QEMU's usb-net is full-speed only: GET_DESCRIPTOR(device qualifier) is a real protocol
     // STALL on EP0, and the control transfer right after it must succeed.
     for controller in ["xhci1", "xhci2"] {

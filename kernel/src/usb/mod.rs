@@ -68,8 +68,14 @@ pub fn start() {
     }
 }
 
-/// Routes the controller's first interrupter to a vector: MSI-X, else MSI; without either the
-/// driver still works, by polling with short timeouts.
+/// Routes the controller's first interrupter to a vector: MSI-X, else MSI, else its INTx line;
+/// without any the driver still works, by polling with short timeouts.
+///
+/// INTx: which I/O APIC input a PCI pin reaches is ACPI's `_PRT` (AML, not interpreted here).
+/// The firmware's routing is used instead: it writes the legacy IRQ it routed the pin to into
+/// the Interrupt Line register (SeaBIOS does on q35 and i440fx, PC BIOSes and CSMs do), and the
+/// chipset delivers a PIRQ routed to an ISA IRQ to that I/O APIC input too. Level-triggered,
+/// active low, as PCI interrupts are; possibly shared.
 fn setup_interrupt(function: &PciFunction, os: &alloc::sync::Arc<os::KernelOs>) -> &'static str {
     let Some(vector) = pci::allocate_vector(os::controller_interrupt) else {
         return "polling (no free vector)";
@@ -80,8 +86,20 @@ fn setup_interrupt(function: &PciFunction, os: &alloc::sync::Arc<os::KernelOs>) 
         "MSI-X"
     } else if function.msi.is_some() && pci::enable_msi(function, vector, apic_id).is_ok() {
         "MSI"
+    } else if let (1..=4, line @ 1..=15) = (function.interrupt_pin, function.interrupt_line) {
+        let gsi = crate::boot::isa_irq(line).gsi;
+        os.use_intx(gsi);
+        match pci::enable_intx(function)
+            .and_then(|()| crate::arch::ioapic::route(gsi, vector, apic_id, true, true))
+        {
+            Ok(()) => "INTx",
+            Err(error) => {
+                log::warn!("{}: INTx on IRQ {line}: {error}", function.address);
+                "polling (INTx routing failed)"
+            }
+        }
     } else {
-        "polling (no MSI/MSI-X)"
+        "polling (no MSI/MSI-X, no INTx line from the firmware)"
     }
 }
 
@@ -108,6 +126,26 @@ fn run_controller(number: usize, function: PciFunction) {
     }
 }
 
+/// Each controller's interrupt mode and its interrupt count (console, tests).
+static INTERRUPT_MODES: crate::sync::SpinLock<
+    Vec<(String, &'static str, alloc::sync::Arc<os::KernelOs>)>,
+> = crate::sync::SpinLock::new("usb.interrupt_modes", Vec::new());
+
+/// (controller, how it interrupts, interrupts taken so far).
+pub fn interrupt_modes() -> Vec<(String, &'static str, u64)> {
+    INTERRUPT_MODES
+        .lock()
+        .iter()
+        .map(|(name, mode, os)| {
+            (
+                name.clone(),
+                *mode,
+                os.interrupts.load(core::sync::atomic::Ordering::Relaxed),
+            )
+        })
+        .collect()
+}
+
 fn bring_up(name: &str, function: &PciFunction) -> Result<Xhci, String> {
     let bar = function.bars[0]
         .filter(|b| b.is_memory())
@@ -115,6 +153,9 @@ fn bring_up(name: &str, function: &PciFunction) -> Result<Xhci, String> {
     tether_pci::enable_bus_master_and_memory(&pci::CONFIG, function.address);
     let os = os::KernelOs::new();
     let interrupts = setup_interrupt(function, &os);
+    INTERRUPT_MODES
+        .lock()
+        .push((String::from(name), interrupts, os.clone()));
     // SAFETY: BAR0 of an xHCI function is its register space, and this thread is the only
     // driver of this controller.
     let controller = unsafe {

@@ -1,10 +1,12 @@
 //! What the xHCI driver needs from the kernel: time, sleeping, and waiting for its interrupt.
 //! The MSI-X (or MSI) handler only releases the controller's semaphore; the thread that waits
-//! drains the event ring.
+//! drains the event ring. On a level-triggered INTx line the handler also masks the line (it
+//! stays asserted until the thread has cleared the interrupter's pending bit), and the thread
+//! unmasks it when it goes back to waiting.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use tether_xhci::controller::{Completion, Os};
 
@@ -14,13 +16,26 @@ use crate::{sched, time};
 
 pub struct KernelOs {
     interrupt: Semaphore,
+    /// Interrupts taken (all kinds), for diagnostics and tests.
+    pub interrupts: AtomicU64,
+    /// The GSI of a level-triggered INTx line, or [`NO_INTX`].
+    intx_gsi: AtomicU32,
 }
+
+const NO_INTX: u32 = u32::MAX;
 
 impl KernelOs {
     pub fn new() -> Arc<KernelOs> {
         Arc::new(KernelOs {
             interrupt: Semaphore::new(0),
+            interrupts: AtomicU64::new(0),
+            intx_gsi: AtomicU32::new(NO_INTX),
         })
+    }
+
+    /// The controller interrupts on this level-triggered INTx line.
+    pub fn use_intx(&self, gsi: u32) {
+        self.intx_gsi.store(gsi, Ordering::Release);
     }
 }
 
@@ -34,6 +49,11 @@ impl Os for KernelOs {
     }
 
     fn wait_for_interrupt(&self, timeout_us: u64) {
+        let gsi = self.intx_gsi.load(Ordering::Acquire);
+        if gsi != NO_INTX {
+            // Events drained: let the line interrupt again.
+            crate::arch::ioapic::unmask(gsi);
+        }
         self.interrupt.down_timeout(timeout_us * 1000);
     }
 
@@ -81,6 +101,11 @@ pub fn controller_interrupt(vector: u8) {
     }
     let list = BY_VECTOR.lock();
     if let Some((_, os)) = list.iter().find(|(v, _)| *v == vector) {
+        os.interrupts.fetch_add(1, Ordering::Relaxed);
+        let gsi = os.intx_gsi.load(Ordering::Acquire);
+        if gsi != NO_INTX {
+            crate::arch::ioapic::mask(gsi);
+        }
         os.interrupt.up();
     }
 }

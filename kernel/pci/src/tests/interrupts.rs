@@ -3,8 +3,8 @@
 use super::{addr, find, q35};
 use crate::fake::{FakeConfigSpace, FakeFunction};
 use crate::{
-    configure_msi, enable_msix, enumerate, msix_message, msix_table_entry, set_msix_function_mask,
-    MsiMessage, PciError, PciFunction, MSIX_TABLE_ENTRY_SIZE,
+    configure_msi, enable_intx, enable_msix, enumerate, msix_message, msix_table_entry,
+    set_msix_function_mask, MsiMessage, PciError, PciFunction, MSIX_TABLE_ENTRY_SIZE,
 };
 
 const MSIX_ENABLE: u32 = 1 << 31;
@@ -91,6 +91,18 @@ fn enable_msix_sets_enable_and_function_mask_and_disables_intx() {
         space.peek(xhci.address, cap) & (MSIX_ENABLE | MSIX_FUNCTION_MASK),
         MSIX_ENABLE
     );
+}
+
+#[test]
+fn enable_intx_clears_interrupt_disable_and_enables_decoding() {
+    let space = q35();
+    let xhci = function_at(&space, 0, 4, 0);
+    enable_msix(&space, &xhci, true).unwrap();
+    assert_eq!(space.command(xhci.address) & INTX_DISABLE, INTX_DISABLE);
+    enable_intx(&space, xhci.address);
+    let command = space.command(xhci.address);
+    assert_eq!(command & INTX_DISABLE, 0);
+    assert_eq!(command & 0x6, 0x6, "memory decode and bus master on");
 }
 
 #[test]
