@@ -355,20 +355,12 @@ fn write_u64(r: &DmaRegion, word: usize, v: u64) {
 
 /// Copies `bytes` into the start of `r` (little-endian words).
 pub(crate) fn copy_to_dma(r: &DmaRegion, bytes: &[u8]) {
-    for (i, chunk) in bytes.chunks(4).enumerate() {
-        let mut w = [0u8; 4];
-        w[..chunk.len()].copy_from_slice(chunk);
-        r.write(i, u32::from_le_bytes(w));
-    }
+    r.copy_in(bytes);
 }
 
 /// Copies the start of `r` into `out`.
 pub(crate) fn copy_from_dma(r: &DmaRegion, out: &mut [u8]) {
-    for (i, chunk) in out.chunks_mut(4).enumerate() {
-        let w = r.read(i).to_le_bytes();
-        let n = chunk.len();
-        chunk.copy_from_slice(&w[..n]);
-    }
+    r.copy_out(out);
 }
 
 fn ctx_speed(s: Speed) -> context::Speed {

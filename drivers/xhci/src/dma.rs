@@ -45,6 +45,27 @@ pub trait DmaBacking: Send + Sync {
     fn read_u32(&self, index: usize) -> u32;
     /// Writes 32-bit word `index`. Panics when out of range.
     fn write_u32(&self, index: usize, value: u32);
+
+    /// Copies `bytes` to the start of the region (a frame into a transfer buffer, before the
+    /// transfer is queued). The default goes word by word; a backing that can address its
+    /// memory directly copies it in one go: this is on every packet's path.
+    fn copy_in(&self, bytes: &[u8]) {
+        for (i, chunk) in bytes.chunks(4).enumerate() {
+            let mut w = [0u8; 4];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.write_u32(i, u32::from_le_bytes(w));
+        }
+    }
+
+    /// Copies the start of the region into `out` (a received frame, after the transfer
+    /// completed).
+    fn copy_out(&self, out: &mut [u8]) {
+        for (i, chunk) in out.chunks_mut(4).enumerate() {
+            let w = self.read_u32(i).to_le_bytes();
+            let n = chunk.len();
+            chunk.copy_from_slice(&w[..n]);
+        }
+    }
 }
 
 /// Owned DMA memory, accessed as little-endian 32-bit words.
@@ -99,6 +120,27 @@ impl DmaRegion {
         }
     }
     /// Zeroes the whole region.
+    /// Copies `bytes` to the start of the region.
+    ///
+    /// # Panics
+    /// If `bytes` is longer than the region.
+    pub fn copy_in(&self, bytes: &[u8]) {
+        assert!(
+            bytes.len() <= self.len_bytes(),
+            "copy beyond the DMA region"
+        );
+        self.backing.copy_in(bytes);
+    }
+
+    /// Copies the start of the region into `out`.
+    ///
+    /// # Panics
+    /// If `out` is longer than the region.
+    pub fn copy_out(&self, out: &mut [u8]) {
+        assert!(out.len() <= self.len_bytes(), "copy beyond the DMA region");
+        self.backing.copy_out(out);
+    }
+
     pub fn fill_zero(&self) {
         for i in 0..self.len_words() {
             self.write(i, 0);

@@ -35,6 +35,24 @@ impl DmaBacking for Backing {
         // SAFETY: as in read_u32; the device may access the memory too, hence volatile.
         unsafe { core::ptr::write_volatile((self.0.as_ptr() as *mut u32).add(index), value) }
     }
+
+    fn copy_in(&self, bytes: &[u8]) {
+        assert!(bytes.len() <= self.0.len(), "DMA copy out of range");
+        // SAFETY: in bounds of a live DMA buffer we own; the device does not touch a transfer
+        // buffer before the transfer is queued, which happens after this copy (the queueing's
+        // volatile TRB writes and doorbell are not moved before it: compiler fence below, and
+        // x86 keeps stores in order).
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), self.0.as_ptr(), bytes.len()) }
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
+    }
+
+    fn copy_out(&self, out: &mut [u8]) {
+        assert!(out.len() <= self.0.len(), "DMA copy out of range");
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Acquire);
+        // SAFETY: in bounds of a live DMA buffer we own, read after the transfer's completion
+        // was observed (the device writes nothing more into it).
+        unsafe { core::ptr::copy_nonoverlapping(self.0.as_ptr(), out.as_mut_ptr(), out.len()) }
+    }
 }
 
 /// DMA for controllers that can address all memory (`limit` None) or only 4 GiB.
