@@ -1,5 +1,6 @@
 //! smoltcp's `phy::Device` over a [`Nic`]: receive pops the driver's queue, transmit hands
-//! the frame to the driver. One copy each way (smoltcp's buffer <-> the DMA buffer).
+//! the frame to the driver. One copy each way (smoltcp's buffer <-> the DMA buffer); frames
+//! to send are built in one buffer the device keeps, so sending allocates nothing.
 
 use alloc::vec::Vec;
 
@@ -8,12 +9,29 @@ use tether_netstack::smoltcp::time::Instant;
 
 use super::nic::Nic;
 
+/// The largest frame smoltcp builds (the MTU below).
+const MAX_FRAME: usize = 1514;
+
 pub struct NicDevice<'a> {
-    pub nic: &'a Nic,
+    nic: &'a Nic,
+    /// Where frames to send are built (reused: no allocation or zeroing per frame).
+    tx_frame: Vec<u8>,
+}
+
+impl<'a> NicDevice<'a> {
+    pub fn new(nic: &'a Nic) -> Self {
+        NicDevice {
+            nic,
+            tx_frame: alloc::vec![0u8; MAX_FRAME],
+        }
+    }
 }
 
 pub struct Rx(Vec<u8>);
-pub struct Tx<'a>(&'a Nic);
+pub struct Tx<'a> {
+    nic: &'a Nic,
+    frame: &'a mut [u8],
+}
 
 impl RxToken for Rx {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
@@ -23,10 +41,20 @@ impl RxToken for Rx {
 
 impl TxToken for Tx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut frame = alloc::vec![0u8; len];
-        let result = f(&mut frame);
-        self.0.send(&frame);
-        result
+        match self.frame.get_mut(..len) {
+            Some(frame) => {
+                let result = f(frame);
+                self.nic.send(frame);
+                result
+            }
+            // Longer than the MTU smoltcp was given: cannot happen, but never panic on it.
+            None => {
+                let mut frame = alloc::vec![0u8; len];
+                let result = f(&mut frame);
+                self.nic.send(&frame);
+                result
+            }
+        }
     }
 }
 
@@ -42,17 +70,26 @@ impl Device for NicDevice<'_> {
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let frame = self.nic.take_frame()?;
-        Some((Rx(frame), Tx(self.nic)))
+        Some((
+            Rx(frame),
+            Tx {
+                nic: self.nic,
+                frame: &mut self.tx_frame,
+            },
+        ))
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
-        Some(Tx(self.nic))
+        Some(Tx {
+            nic: self.nic,
+            frame: &mut self.tx_frame,
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = 1514;
+        caps.max_transmission_unit = MAX_FRAME;
         caps
     }
 }

@@ -174,7 +174,7 @@ fn announce(nic: &Nic, addressing: &Addressing, how: &'static str, services: Ser
 }
 
 fn run(nic: Arc<Nic>, addressing: Option<Addressing>) {
-    let mut device = NicDevice { nic: &nic };
+    let mut device = NicDevice::new(&nic);
     let mut config = Config::new(EthernetAddress(nic.mac).into());
     config.random_seed = time::rdtsc();
     let mut iface = Interface::new(config, &mut device, now());
