@@ -173,7 +173,16 @@ fn announce(nic: &Nic, addressing: &Addressing, how: &'static str, services: Ser
     );
 }
 
+/// How long a new interface's thread waits for its driver's [`Nic::set_link`].
+const LINK_WAIT_US: u64 = 1_000_000;
+
 fn run(nic: Arc<Nic>, addressing: Option<Addressing>) {
+    // The driver links a new interface just after `attach_link`: a frame sent before (the
+    // first DHCP discover) would be dropped, and the DHCP client asks again only seconds later.
+    let link_deadline = time::now_us() + LINK_WAIT_US;
+    while !nic.has_link() && time::now_us() < link_deadline {
+        nic.wake.down_timeout(10_000_000);
+    }
     let mut device = NicDevice::new(&nic);
     let mut config = Config::new(EthernetAddress(nic.mac).into());
     config.random_seed = time::rdtsc();
