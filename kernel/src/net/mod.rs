@@ -46,12 +46,6 @@ pub fn next_name() -> String {
     format!("eth{}", NEXT_INDEX.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A driver's new interface: starts its network thread.
-pub fn attach(nic: Arc<Nic>) {
-    INTERFACES.lock().push(nic.clone());
-    start_thread(nic);
-}
-
 fn start_thread(nic: Arc<Nic>) {
     let addressing = static_addressing(&crate::boot::state().cmdline, &nic.name);
     Spawn::new(format!("net-{}", nic.name))
@@ -66,11 +60,23 @@ const MAX_WAITING_INTERFACES: usize = 4;
 /// name, addresses and sockets, so TCP connections survive a replug), or a new one. The
 /// driver then gives it a link with [`Nic::set_link`] and keeps its `tx_progress` counters.
 pub fn attach_link(mac: [u8; 6], rx_limit: usize) -> Arc<Nic> {
+    attach_link_as(None, mac, rx_limit)
+}
+
+/// [`attach_link`] for a NIC whose name was taken at probe (PCI NICs, see `virtio::start`):
+/// only an interface of that name is taken over, and a new one gets it.
+pub fn attach_link_named(name: String, mac: [u8; 6], rx_limit: usize) -> Arc<Nic> {
+    attach_link_as(Some(name), mac, rx_limit)
+}
+
+fn attach_link_as(name: Option<String>, mac: [u8; 6], rx_limit: usize) -> Arc<Nic> {
     let mut interfaces = INTERFACES.lock();
-    if let Some(nic) = interfaces
-        .iter()
-        .find(|n| n.mac == mac && !n.has_link() && !n.gone.load(Ordering::Acquire))
-    {
+    if let Some(nic) = interfaces.iter().find(|n| {
+        n.mac == mac
+            && name.as_ref().is_none_or(|name| n.name == *name)
+            && !n.has_link()
+            && !n.gone.load(Ordering::Acquire)
+    }) {
         log::info!("{}: device back, interface kept", nic.name);
         return nic.clone();
     }
@@ -88,7 +94,8 @@ pub fn attach_link(mac: [u8; 6], rx_limit: usize) -> Arc<Nic> {
         log::info!("{}: removed (its device did not come back)", oldest.name);
         oldest.detach();
     }
-    let nic = Nic::unlinked(next_name(), mac, rx_limit, watchdog_policy());
+    let name = name.unwrap_or_else(next_name);
+    let nic = Nic::unlinked(name, mac, rx_limit, watchdog_policy());
     interfaces.push(nic.clone());
     drop(interfaces);
     start_thread(nic.clone());

@@ -155,14 +155,6 @@ pub struct Nic {
 }
 
 impl Nic {
-    /// An interface with its link in place (the driver does not keep TX progress: no
-    /// watchdog).
-    pub fn new(name: String, mac: [u8; 6], rx_limit: usize, tx: Arc<dyn Transmit>) -> Arc<Nic> {
-        let nic = Nic::unlinked(name, mac, rx_limit, Policy::Off);
-        nic.set_link(tx);
-        nic
-    }
-
     /// An interface without a device yet; [`Nic::set_link`] adds one.
     pub fn unlinked(name: String, mac: [u8; 6], rx_limit: usize, policy: Policy) -> Arc<Nic> {
         Arc::new(Nic {

@@ -1,9 +1,17 @@
 //! virtio-net over `virtio-drivers`' `VirtIONetRaw`: a network interface like the USB NIC.
 //!
 //! The device thread (`virtio-netN`) sleeps until the queue interrupt (MSI-X; without it, a
-//! 1 ms poll), hands every received frame to the stack and posts its buffer again, and reaps
-//! finished transmissions. The interface's network thread transmits through [`Transmit`]. Both
-//! go through one sleepable mutex around the rings.
+//! 1 ms poll), hands every received frame to the stack, posts receive buffers again for as
+//! many frames as the stack's queue can still take (receive back-pressure: the device holds
+//! frames back, nothing is dropped), and reaps finished transmissions. The interface's network
+//! thread transmits through [`Transmit`]. Both go through one sleepable mutex around the rings.
+//!
+//! Frames handed to the device and completed are counted for the TX watchdog
+//! (`Nic::tx_progress`). A reset (the watchdog's, an operator's, or after the rings were found
+//! inconsistent) is a real virtio reset done in the device thread: the device is stopped, what
+//! it completed is taken (received frames delivered, sent frames counted), the queues are set
+//! up afresh (features negotiated again, MSI-X vectors reprogrammed), receive buffers posted
+//! again and the frames it had not used queued again in their order.
 //!
 //! What a frame costs on this path:
 //! - receive: the device (QEMU) writes header + frame into one of [`RX_BUFFERS`] posted DMA
@@ -13,36 +21,40 @@
 //! - transmit: smoltcp fills a heap `Vec`; the driver copies it behind a 12-byte virtio-net
 //!   header into a reused DMA buffer (one copy) and adds it to the transmit queue, up to
 //!   [`TX_IN_FLIGHT`] at once. The doorbell (an MMIO write, a QEMU exit) is rung when the
-//!   device asked for it; `virtio` on the console counts both doorbells and interrupts.
+//!   device asked for it; `virtio` on the console counts both doorbells and interrupts. The
+//!   watchdog's counters cost one atomic add per frame sent and one per batch reaped.
 
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use tether_netstack::fault::Fault;
 use tether_pci::{PciAddress, PciFunction};
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::PciTransport;
 
 use super::hal::{KernelHal, PciConfig};
-use super::transport::{MsixTransport, Registers, TransportStats};
+use super::transport::{MsixEntries, MsixTransport, Registers, TransportStats};
 use super::Wakeup;
 use crate::mem::dma::{self, DmaBuffer};
+use crate::net::nic::TxProgress;
 use crate::net::{self, Nic, Transmit};
 use crate::sync::Mutex;
 use crate::{pci, sched, time};
 
 /// Descriptors per virtqueue (QEMU's default queue size; it must offer at least this many).
 const QUEUE_SIZE: usize = 256;
-/// Receive buffers kept posted to the device.
+/// Receive buffers the driver owns; all of them are posted while the stack's queue has room.
 const RX_BUFFERS: usize = 128;
 /// Frames handed to the device and not yet reaped, at most (the bounded transmit queue).
 const TX_IN_FLIGHT: usize = 128;
 /// One buffer holds the 12-byte header and a 1514-byte frame (virtio-drivers wants >= 1526).
 const BUFFER: usize = 2048;
-/// Received frames waiting for the network thread, at most (as many as the device may fill).
+/// Received frames waiting for the network thread, at most. Posted buffers never exceed the
+/// room left in it, so every frame the device delivers fits.
 const RX_QUEUE: usize = RX_BUFFERS;
 /// How long a full transmit queue is waited for before the frame is dropped.
 const TX_FULL_WAIT_US: u64 = 100_000;
@@ -50,6 +62,15 @@ const TX_FULL_WAIT_US: u64 = 100_000;
 const IDLE_WAIT_NS: u64 = 1_000_000_000;
 /// The thread's poll period without MSI-X.
 const POLL_NS: u64 = 1_000_000;
+/// While receive buffers are withheld (the stack's queue is full), how often the thread looks
+/// for room again: the stack does not signal the driver when it takes frames.
+const RX_ROOM_POLL_NS: u64 = 1_000_000;
+/// How long a reset waits for the device to acknowledge it.
+const RESET_TIMEOUT_US: u64 = 100_000;
+/// A failed reset is retried after this, doubling up to [`RESET_BACKOFF_MAX_US`] (as the USB
+/// NICs do).
+const RESET_BACKOFF_US: u64 = 200_000;
+const RESET_BACKOFF_MAX_US: u64 = 5_000_000;
 
 /// virtio-net device configuration: `status` and its link bit, valid with VIRTIO_NET_F_STATUS.
 const CONFIG_STATUS: u32 = 6;
@@ -63,30 +84,86 @@ pub const STACK_SIZE: usize = 256 * 1024;
 
 type Raw = VirtIONetRaw<KernelHal, MsixTransport, QUEUE_SIZE>;
 
+/// What it takes to set the device up again: at bring-up and after every reset.
+struct Setup {
+    function: DeviceFunction,
+    /// The common configuration, for the transport and for stopping the device.
+    common: Registers,
+    msix: Option<MsixEntries>,
+    stats: Arc<TransportStats>,
+}
+
+impl Setup {
+    /// A new transport and virtio-drivers device: the device is reset, features negotiated,
+    /// both queues set up with their MSI-X vectors, DRIVER_OK set.
+    fn new_raw(&self) -> Result<Raw, String> {
+        let mut root = PciRoot::new(PciConfig);
+        let pci_transport = PciTransport::new::<KernelHal, _>(&mut root, self.function)
+            .map_err(|e| format!("transport: {e}"))?;
+        let transport = MsixTransport::new(
+            pci_transport,
+            self.common.clone(),
+            self.msix,
+            self.stats.clone(),
+        );
+        Raw::new(transport).map_err(|e| format!("initialisation: {e}"))
+    }
+}
+
+/// A frame handed to the device: its buffer, the length posted (completion needs it) and its
+/// place in the sending order (a reset requeues unsent frames in that order).
+struct TxFrame {
+    buffer: DmaBuffer,
+    length: usize,
+    sequence: u64,
+}
+
 /// The queues and the buffers the device holds. `raw` comes first: fields drop in order, and
 /// dropping it resets the device (virtio-drivers' transport does), so the device no longer
 /// writes the buffers when they are freed after it.
 struct Rings {
-    raw: Raw,
+    /// None from a reset's teardown until the device is set up again (a failed set-up leaves
+    /// it so until the retry; transmissions are refused meanwhile).
+    raw: Option<Raw>,
     /// Posted receive buffers by token (the descriptor index the device returns).
     rx_posted: Vec<Option<DmaBuffer>>,
-    /// Frames being sent by token, with the length that was posted (completion needs it).
-    tx_posted: Vec<Option<(DmaBuffer, usize)>>,
+    rx_outstanding: usize,
+    /// Receive buffers not posted: the stack's queue has no room for their frames yet.
+    rx_spare: Vec<DmaBuffer>,
+    /// Frames being sent, by token.
+    tx_posted: Vec<Option<TxFrame>>,
     tx_in_flight: usize,
     /// Buffers of completed transmissions, for the next frames.
     tx_spare: Vec<DmaBuffer>,
     tx_allocated: usize,
+    tx_sequence: u64,
+    /// The queue was full and nothing completed within a wait: later frames are not waited
+    /// for (each would cost the network thread a wait) until something completes.
+    tx_stalled: bool,
+    /// The watchdog's counters.
+    progress: Arc<TxProgress>,
+    /// When the last reset finished (us), until a frame completes after it.
+    reset_done_us: Option<u64>,
 }
 
 impl Rings {
+    fn raw(&mut self) -> Result<&mut Raw, String> {
+        self.raw
+            .as_mut()
+            .ok_or_else(|| String::from("the device is being reset"))
+    }
+
     fn post_receive(&mut self, mut buffer: DmaBuffer) -> Result<(), String> {
+        let raw = self.raw()?;
         // SAFETY: the buffer is DMA memory owned by `rx_posted` from here until
-        // `receive_complete` returns it; nothing touches it in between.
-        let token = unsafe { self.raw.receive_begin(buffer.as_mut_slice()) }
+        // `receive_complete` returns it (or a reset stops the device); nothing touches it in
+        // between.
+        let token = unsafe { raw.receive_begin(buffer.as_mut_slice()) }
             .map_err(|e| format!("posting a receive buffer: {e}"))?;
         match self.rx_posted.get_mut(usize::from(token)) {
             Some(slot @ None) => {
                 *slot = Some(buffer);
+                self.rx_outstanding += 1;
                 Ok(())
             }
             // The device now owns memory this driver no longer tracks: stop (reset) it.
@@ -97,7 +174,22 @@ impl Rings {
         }
     }
 
-    /// Moves every received frame to `frames` and posts the buffers again. Frames whose
+    /// Posts spare receive buffers until `room` are posted (at most all of them; none while
+    /// the device is being reset).
+    fn post_receive_buffers(&mut self, room: usize) -> Result<(), String> {
+        if self.raw.is_none() {
+            return Ok(());
+        }
+        while self.rx_outstanding < room {
+            let Some(buffer) = self.rx_spare.pop() else {
+                return Ok(());
+            };
+            self.post_receive(buffer)?;
+        }
+        Ok(())
+    }
+
+    /// Moves every received frame to `frames`; their buffers become spare. Frames whose
     /// reported length does not fit the buffer are dropped and counted.
     fn receive(
         &mut self,
@@ -112,7 +204,11 @@ impl Rings {
             // not interrupt for an entry this pass did not see (1 s stalls, seen under load).
             // A full fence, then a second look, closes it (Linux: virtio_mb in virtqueue_poll).
             fence(Ordering::SeqCst);
-            if self.raw.poll_receive().is_none() {
+            if self
+                .raw
+                .as_ref()
+                .is_none_or(|raw| raw.poll_receive().is_none())
+            {
                 return Ok(());
             }
         }
@@ -123,15 +219,19 @@ impl Rings {
         frames: &mut Vec<Vec<u8>>,
         counters: &DriverCounters,
     ) -> Result<(), String> {
-        while let Some(token) = self.raw.poll_receive() {
+        let Some(raw) = self.raw.as_mut() else {
+            return Ok(());
+        };
+        while let Some(token) = raw.poll_receive() {
             let mut buffer = self
                 .rx_posted
                 .get_mut(usize::from(token))
                 .and_then(Option::take)
                 .ok_or_else(|| format!("device returned receive token {token}, never posted"))?;
+            self.rx_outstanding -= 1;
             // SAFETY: this is the buffer posted with `token`, unchanged since.
             let (header, length) =
-                match unsafe { self.raw.receive_complete(token, buffer.as_mut_slice()) } {
+                match unsafe { raw.receive_complete(token, buffer.as_mut_slice()) } {
                     Ok(lengths) => lengths,
                     Err(error) => {
                         core::mem::forget(buffer);
@@ -147,29 +247,62 @@ impl Rings {
                     counters.rx_bad_length.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            self.post_receive(buffer)?;
+            self.rx_spare.push(buffer);
         }
         Ok(())
     }
 
-    /// Takes back the buffers of finished transmissions.
-    fn reap_transmitted(&mut self) -> Result<(), String> {
-        while let Some(token) = self.raw.poll_transmit() {
-            let (buffer, length) = self
+    /// Takes back the buffers of finished transmissions and counts them for the watchdog.
+    fn reap_transmitted(&mut self, name: &str) -> Result<(), String> {
+        let mut finished = 0;
+        let result = loop {
+            let before = finished;
+            if let Err(error) = self.pop_transmitted(&mut finished) {
+                break Err(error);
+            }
+            if finished == before {
+                break Ok(());
+            }
+            // As in `receive`: popping moved `used_event`; without a full fence and a second
+            // look, a completion racing with it gets no interrupt, and its frame would sit
+            // unreaped (stuck, to the watchdog) until the next pass.
+            fence(Ordering::SeqCst);
+        };
+        if finished > 0 {
+            self.progress.finished(finished);
+            self.tx_stalled = false;
+            if let Some(reset_at) = self.reset_done_us.take() {
+                // As the USB NICs log it (the recovery benchmark reads this line).
+                log::warn!(
+                    "{name}: first frame completed {} us after the reset",
+                    time::now_us().saturating_sub(reset_at)
+                );
+            }
+        }
+        result
+    }
+
+    /// Pops every transmission the used ring shows finished, counting them in `finished`.
+    fn pop_transmitted(&mut self, finished: &mut u64) -> Result<(), String> {
+        let Some(raw) = self.raw.as_mut() else {
+            return Ok(());
+        };
+        while let Some(token) = raw.poll_transmit() {
+            let frame = self
                 .tx_posted
                 .get_mut(usize::from(token))
                 .and_then(Option::take)
                 .ok_or_else(|| format!("device returned transmit token {token}, never posted"))?;
             // SAFETY: this is the buffer and length posted with `token`, unchanged since.
-            if let Err(error) = unsafe {
-                self.raw
-                    .transmit_complete(token, &buffer.as_slice()[..length])
-            } {
-                core::mem::forget(buffer);
+            if let Err(error) =
+                unsafe { raw.transmit_complete(token, &frame.buffer.as_slice()[..frame.length]) }
+            {
+                core::mem::forget(frame);
                 return Err(format!("completing transmit {token}: {error}"));
             }
             self.tx_in_flight -= 1;
-            self.tx_spare.push(buffer);
+            self.tx_spare.push(frame.buffer);
+            *finished += 1;
         }
         Ok(())
     }
@@ -188,7 +321,11 @@ impl Rings {
     }
 
     fn send(&mut self, mut buffer: DmaBuffer, frame: &[u8]) -> Result<(), &'static str> {
-        let header = match self.raw.fill_buffer_header(buffer.as_mut_slice()) {
+        let Some(raw) = self.raw.as_mut() else {
+            self.tx_spare.push(buffer);
+            return Err("the device is being reset");
+        };
+        let header = match raw.fill_buffer_header(buffer.as_mut_slice()) {
             Ok(header) => header,
             Err(_) => {
                 self.tx_spare.push(buffer);
@@ -197,25 +334,62 @@ impl Rings {
         };
         let length = header + frame.len();
         buffer.as_mut_slice()[header..length].copy_from_slice(frame);
-        // SAFETY: the buffer is owned by `tx_posted` until `transmit_complete` returns it and
-        // is not written in between.
-        match unsafe { self.raw.transmit_begin(&buffer.as_slice()[..length]) } {
+        let sequence = self.tx_sequence;
+        self.tx_sequence += 1;
+        self.post_transmit(TxFrame {
+            buffer,
+            length,
+            sequence,
+        })?;
+        self.progress.started();
+        Ok(())
+    }
+
+    /// Hands a filled frame to the device (counted in flight; the caller counts it for the
+    /// watchdog when it is new).
+    fn post_transmit(&mut self, frame: TxFrame) -> Result<(), &'static str> {
+        let Some(raw) = self.raw.as_mut() else {
+            self.tx_spare.push(frame.buffer);
+            return Err("the device is being reset");
+        };
+        // SAFETY: the buffer is owned by `tx_posted` until `transmit_complete` returns it (or a
+        // reset stops the device) and is not written in between.
+        match unsafe { raw.transmit_begin(&frame.buffer.as_slice()[..frame.length]) } {
             Ok(token) => match self.tx_posted.get_mut(usize::from(token)) {
                 Some(slot @ None) => {
-                    *slot = Some((buffer, length));
+                    *slot = Some(frame);
                     self.tx_in_flight += 1;
                     Ok(())
                 }
                 _ => {
-                    core::mem::forget(buffer);
+                    core::mem::forget(frame);
                     Err("transmit token already in use")
                 }
             },
             Err(_) => {
-                self.tx_spare.push(buffer);
+                self.tx_spare.push(frame.buffer);
                 Err("transmit queue full")
             }
         }
+    }
+
+    /// One pass of the device thread: received frames to `frames`, finished transmissions
+    /// reaped (unless a wedge is injected), receive buffers posted for what the stack's queue
+    /// can take besides `frames`. Returns whether buffers are withheld for want of room.
+    fn service(
+        &mut self,
+        nic: &Nic,
+        frames: &mut Vec<Vec<u8>>,
+        counters: &DriverCounters,
+        tx_wedged: bool,
+    ) -> Result<bool, String> {
+        self.receive(frames, counters)?;
+        if !tx_wedged {
+            self.reap_transmitted(&nic.name)?;
+        }
+        let room = nic.rx_room().saturating_sub(frames.len());
+        self.post_receive_buffers(room)?;
+        Ok(self.raw.is_some() && !self.rx_spare.is_empty())
     }
 }
 
@@ -227,17 +401,30 @@ struct DriverCounters {
     tx_full_waits: AtomicU64,
 }
 
+/// What a reset did.
+struct ResetOutcome {
+    /// Frames the device had not used, queued again in their order.
+    requeued: u64,
+    /// Frames the device had not used that could not be queued again (dropped).
+    dropped: u64,
+    /// Frames the device had sent without the driver noticing (a wedge).
+    finished: u64,
+}
+
 /// One virtio-net device: what the interface's transmit path and the console see.
 pub struct NetDevice {
     interface: String,
     address: PciAddress,
     rings: Mutex<Rings>,
+    setup: Setup,
     transport: Arc<TransportStats>,
     wakeup: Arc<Wakeup>,
     msix: bool,
     counters: DriverCounters,
-    /// Set when the driver stopped; transmissions are refused from then on.
-    stopped: AtomicBool,
+    /// The stack asked for a reset; the device thread does it.
+    reset_requested: AtomicBool,
+    /// Resets still to fail on purpose (fault injection).
+    fail_resets: AtomicU32,
 }
 
 impl Transmit for NetDevice {
@@ -245,30 +432,53 @@ impl Transmit for NetDevice {
         if frame.len() > BUFFER - 16 {
             return Err("frame larger than the transmit buffers");
         }
-        if self.stopped.load(Ordering::Acquire) {
-            return Err("device stopped");
-        }
         let started = time::now_us();
         let mut waited = false;
         loop {
             let mut rings = self.rings.lock();
-            rings
-                .reap_transmitted()
-                .map_err(|_| "transmit queue inconsistent")?;
+            if !self.tx_wedged() {
+                rings
+                    .reap_transmitted(&self.interface)
+                    .map_err(|_| "transmit queue inconsistent")?;
+            }
             if let Some(buffer) = rings.transmit_buffer() {
                 return rings.send(buffer, frame);
+            }
+            if rings.tx_stalled {
+                return Err("transmit queue full");
+            }
+            if time::now_us().saturating_sub(started) >= TX_FULL_WAIT_US {
+                rings.tx_stalled = true;
+                return Err("transmit queue full");
             }
             drop(rings);
             if !waited {
                 waited = true;
                 self.counters.tx_full_waits.fetch_add(1, Ordering::Relaxed);
             }
-            if time::now_us().saturating_sub(started) >= TX_FULL_WAIT_US {
-                return Err("transmit queue full");
-            }
             // The device finishes transmissions in QEMU's own time; look again shortly.
             sched::sleep_ns(100_000);
         }
+    }
+
+    fn request_reset(&self) -> bool {
+        self.reset_requested.store(true, Ordering::Release);
+        self.wakeup.semaphore.up();
+        true
+    }
+
+    fn inject(&self, fault: Fault) -> Result<(), &'static str> {
+        match fault {
+            Fault::WedgeTx => self.transport.tx_wedged.store(true, Ordering::Release),
+            Fault::FailReset { count } => self.fail_resets.store(count, Ordering::Release),
+            Fault::Reset => {
+                self.request_reset();
+            }
+            Fault::WedgeRx | Fault::Stall | Fault::DropIrq { .. } => {
+                return Err("virtio-net injects wedge, fail-reset and reset")
+            }
+        }
+        Ok(())
     }
 }
 
@@ -281,9 +491,8 @@ pub fn report() -> Vec<String> {
         .iter()
         .map(|d| {
             let rings = d.rings.lock();
-            let rx_posted = rings.rx_posted.iter().filter(|b| b.is_some()).count();
             format!(
-                "{}: virtio-net {} interrupts by {}: {} queue, {} config\n  doorbells: {} receive, {} transmit ({} and {} not needed, saved)\n  receive: {} buffers posted, {} frames too long for them\n  transmit: {} in flight, {} buffers, {} waits for a full queue",
+                "{}: virtio-net {} interrupts by {}: {} queue, {} config\n  doorbells: {} receive, {} transmit ({} and {} not needed, saved)\n  receive: {} buffers posted, {} withheld (no room in the stack's queue), {} frames too long for them\n  transmit: {} in flight, {} buffers, {} waits for a full queue{}",
                 d.interface,
                 d.address,
                 if d.msix { "MSI-X" } else { "none (polling)" },
@@ -293,20 +502,22 @@ pub fn report() -> Vec<String> {
                 d.transport.notifications[1].load(Ordering::Relaxed),
                 d.transport.suppressed[0].load(Ordering::Relaxed),
                 d.transport.suppressed[1].load(Ordering::Relaxed),
-                rx_posted,
+                rings.rx_outstanding,
+                rings.rx_spare.len(),
                 d.counters.rx_bad_length.load(Ordering::Relaxed),
                 rings.tx_in_flight,
                 rings.tx_allocated,
                 d.counters.tx_full_waits.load(Ordering::Relaxed),
+                if d.tx_wedged() { "; wedged (fault injected)" } else { "" },
             )
         })
         .collect()
 }
 
-/// The driver thread: brings the device up as `interface`, then serves it until it fails.
+/// The driver thread: brings the device up as `interface`, then serves it.
 pub fn run(function: PciFunction, interface: String) {
-    let (device, nic, link) = match bring_up(&function, &interface) {
-        Ok(up) => up,
+    match bring_up(&function, &interface) {
+        Ok((device, nic, link)) => device.serve(&nic, link.as_ref()),
         Err(error) => {
             log::error!(
                 "{interface}: virtio-net {} {:04x}:{:04x}: {error}; no interface",
@@ -314,14 +525,7 @@ pub fn run(function: PciFunction, interface: String) {
                 function.vendor_id,
                 function.device_id
             );
-            return;
         }
-    };
-    let result = device.serve(&nic, link.as_ref());
-    device.stopped.store(true, Ordering::Release);
-    nic.detach();
-    if let Err(error) = result {
-        log::error!("{interface}: virtio-net stopped: {error}");
     }
 }
 
@@ -340,60 +544,74 @@ fn bring_up(function: &PciFunction, interface: &str) -> Result<Up, String> {
     let msix = super::setup_msix(function, &wakeup);
     tether_pci::enable_bus_master_and_memory(&pci::CONFIG, function.address);
     tether_pci::disable_intx(&pci::CONFIG, function.address);
-    let mut root = PciRoot::new(PciConfig);
-    let device_function = DeviceFunction {
-        bus: function.address.bus(),
-        device: function.address.device(),
-        function: function.address.function(),
+    let setup = Setup {
+        function: DeviceFunction {
+            bus: function.address.bus(),
+            device: function.address.device(),
+            function: function.address.function(),
+        },
+        common,
+        msix,
+        stats: Arc::new(TransportStats::default()),
     };
-    let pci_transport = PciTransport::new::<KernelHal, _>(&mut root, device_function)
-        .map_err(|e| format!("transport: {e}"))?;
-    let transport = MsixTransport::new(pci_transport, common, msix);
-    let stats = transport.stats.clone();
-    let raw = Raw::new(transport).map_err(|e| format!("initialisation: {e}"))?;
+    let raw = setup.new_raw()?;
+    let stats = setup.stats.clone();
     let mut msix = msix.is_some();
     if stats.vector_refused.load(Ordering::Relaxed) {
         log::warn!("{interface}: the device refused its MSI-X vectors; polling");
         msix = false;
     }
     let mac = raw.mac_address();
+    // The interface (with the watchdog policy of the command line) before the rings, which
+    // count into its TX progress.
+    let nic = net::attach_link_named(String::from(interface), mac, RX_QUEUE);
+    nic.tx_queue_capacity.store(TX_IN_FLIGHT, Ordering::Relaxed);
     let mut rings = Rings {
-        raw,
+        raw: Some(raw),
         rx_posted: (0..QUEUE_SIZE).map(|_| None).collect(),
+        rx_outstanding: 0,
+        rx_spare: Vec::new(),
         tx_posted: (0..QUEUE_SIZE).map(|_| None).collect(),
         tx_in_flight: 0,
         tx_spare: Vec::new(),
         tx_allocated: 0,
+        tx_sequence: 0,
+        tx_stalled: false,
+        progress: nic.tx_progress.clone(),
+        reset_done_us: None,
     };
     for _ in 0..RX_BUFFERS {
         let buffer =
             dma::alloc(BUFFER, 64, 0, None).map_err(|e| format!("receive buffers: {e}"))?;
-        rings.post_receive(buffer)?;
+        rings.rx_spare.push(buffer);
     }
+    rings.post_receive_buffers(nic.rx_room())?;
     let device = Arc::new(NetDevice {
         interface: String::from(interface),
         address: function.address,
         rings: Mutex::new("virtio.net.rings", rings),
+        setup,
         transport: stats,
         wakeup,
         msix,
         counters: DriverCounters::default(),
-        stopped: AtomicBool::new(false),
+        reset_requested: AtomicBool::new(false),
+        fail_resets: AtomicU32::new(0),
     });
-    let nic = Nic::new(String::from(interface), mac, RX_QUEUE, device.clone());
+    nic.set_link(device.clone());
     let up = link_up(&device, link.as_ref());
     nic.set_carrier(up);
     log::info!(
-        "{interface}: virtio-net {} {:04x}:{:04x} MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {RX_BUFFERS} receive buffers posted, interrupts by {}, link {}",
+        "{interface}: virtio-net {} {:04x}:{:04x} MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {RX_BUFFERS} receive buffers posted, interrupts by {}, link {}, watchdog {}",
         function.address,
         function.vendor_id,
         function.device_id,
         mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
         if msix { "MSI-X" } else { "polling" },
         if up { "up" } else { "down" },
+        nic.tx_progress.policy(),
     );
     DEVICES.lock().push(device.clone());
-    net::attach(nic.clone());
     Ok((device, nic, link))
 }
 
@@ -409,21 +627,74 @@ fn link_up(device: &NetDevice, link: Option<&Registers>) -> bool {
 }
 
 impl NetDevice {
-    /// Waits for interrupts (or polls), passes received frames on, reaps transmissions, and
-    /// follows the link. Returns only when the rings are found inconsistent.
-    fn serve(&self, nic: &Nic, link: Option<&Registers>) -> Result<(), String> {
+    fn tx_wedged(&self) -> bool {
+        self.transport.tx_wedged.load(Ordering::Relaxed)
+    }
+
+    /// Waits for interrupts (or polls), passes received frames on, reaps transmissions,
+    /// follows the link, and resets the device when asked to (or when its rings are found
+    /// inconsistent), retrying a failed reset with backoff.
+    fn serve(&self, nic: &Nic, link: Option<&Registers>) -> ! {
         let mut carrier = nic.carrier.load(Ordering::Relaxed);
         let mut last_link_check = time::now_us();
         let mut frames = Vec::new();
+        let mut rx_withheld = false;
+        let mut reset_due: Option<u64> = None;
+        let mut backoff_us = RESET_BACKOFF_US;
         loop {
-            let wait = if self.msix { IDLE_WAIT_NS } else { POLL_NS };
-            self.wakeup.semaphore.down_timeout(wait);
+            let mut wait_ns = if self.msix { IDLE_WAIT_NS } else { POLL_NS };
+            if rx_withheld {
+                wait_ns = wait_ns.min(RX_ROOM_POLL_NS);
+            }
+            if let Some(due) = reset_due {
+                wait_ns = wait_ns.min(due.saturating_sub(time::now_us()) * 1000);
+            }
+            if wait_ns > 0 {
+                self.wakeup.semaphore.down_timeout(wait_ns);
+            }
             // One pass handles every interrupt so far.
             while self.wakeup.semaphore.try_down() {}
-            {
-                let mut rings = self.rings.lock();
-                rings.receive(&mut frames, &self.counters)?;
-                rings.reap_transmitted()?;
+            if self.reset_requested.swap(false, Ordering::AcqRel) {
+                reset_due.get_or_insert(0);
+            }
+            if let Some(due) = reset_due.filter(|due| time::now_us() >= *due) {
+                let started = time::now_us();
+                match self.reset(nic, &mut frames) {
+                    Ok(outcome) => {
+                        log::warn!(
+                            "{}: reset done in {} us; {} frames requeued, {} dropped, {} found sent",
+                            nic.name,
+                            time::now_us() - started,
+                            outcome.requeued,
+                            outcome.dropped,
+                            outcome.finished,
+                        );
+                        nic.reset_finished(Ok(()));
+                        reset_due = None;
+                        backoff_us = RESET_BACKOFF_US;
+                    }
+                    Err(error) => {
+                        nic.reset_finished(Err(&error));
+                        log::warn!(
+                            "{}: retrying the reset in {} ms",
+                            nic.name,
+                            backoff_us / 1000
+                        );
+                        reset_due = Some(due.max(started) + backoff_us);
+                        backoff_us = (backoff_us * 2).min(RESET_BACKOFF_MAX_US);
+                    }
+                }
+            }
+            let pass =
+                self.rings
+                    .lock()
+                    .service(nic, &mut frames, &self.counters, self.tx_wedged());
+            match pass {
+                Ok(withheld) => rx_withheld = withheld,
+                Err(error) => {
+                    log::error!("{}: virtio-net: {error}; resetting the device", nic.name);
+                    reset_due.get_or_insert(0);
+                }
             }
             for frame in frames.drain(..) {
                 nic.deliver(frame);
@@ -444,6 +715,95 @@ impl NetDevice {
                     );
                 }
             }
+        }
+    }
+
+    /// A virtio device reset, in the device thread, holding the rings (new frames wait behind
+    /// the requeued ones): stops the device so the rings are final, takes what it completed
+    /// (received frames to `frames`, sent frames counted as finished), sets the device up
+    /// again, posts receive buffers as the stack's queue allows and queues the frames it had
+    /// not used again in their order. Frames that cannot be queued again are dropped and
+    /// counted (`tx_dropped_reset`), never counted as sent.
+    fn reset(&self, nic: &Nic, frames: &mut Vec<Vec<u8>>) -> Result<ResetOutcome, String> {
+        let mut guard = self.rings.lock();
+        let rings = &mut *guard;
+        if self
+            .fail_resets
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err("injected reset failure".into());
+        }
+        let mut finished = 0;
+        if rings.raw.is_some() {
+            self.setup
+                .common
+                .reset_device(RESET_TIMEOUT_US)
+                .map_err(String::from)?;
+            // The device has stopped: its used rings are final. What they hold was done;
+            // entries that do not add up are abandoned with the rings.
+            let _ = rings.receive_completed(frames, &self.counters);
+            let in_flight = rings.tx_in_flight;
+            let _ = rings.reap_transmitted(&nic.name);
+            finished = (in_flight - rings.tx_in_flight) as u64;
+            // Frees the queues (virtio-drivers resets the device again on the way: a no-op).
+            rings.raw = None;
+        }
+        self.transport.tx_wedged.store(false, Ordering::Release);
+        // Every buffer is the driver's again.
+        for slot in rings.rx_posted.iter_mut() {
+            if let Some(buffer) = slot.take() {
+                rings.rx_spare.push(buffer);
+            }
+        }
+        rings.rx_outstanding = 0;
+        let mut unsent: Vec<TxFrame> = rings
+            .tx_posted
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        unsent.sort_unstable_by_key(|frame| frame.sequence);
+        rings.tx_in_flight = 0;
+        rings.tx_stalled = false;
+        let raw = match self.setup.new_raw() {
+            Ok(raw) => raw,
+            Err(error) => {
+                let dropped = unsent.len() as u64;
+                rings
+                    .tx_spare
+                    .extend(unsent.into_iter().map(|frame| frame.buffer));
+                self.drop_unsent(nic, dropped);
+                return Err(error);
+            }
+        };
+        rings.raw = Some(raw);
+        rings.post_receive_buffers(nic.rx_room().saturating_sub(frames.len()))?;
+        let (mut requeued, mut dropped) = (0, 0);
+        for frame in unsent {
+            match rings.post_transmit(frame) {
+                Ok(()) => requeued += 1,
+                Err(_) => dropped += 1,
+            }
+        }
+        self.drop_unsent(nic, dropped);
+        nic.counters
+            .tx_requeued
+            .fetch_add(requeued, Ordering::Relaxed);
+        rings.reset_done_us = Some(time::now_us());
+        Ok(ResetOutcome {
+            requeued,
+            dropped,
+            finished,
+        })
+    }
+
+    /// Frames a reset took back and could not queue again: no longer in the device.
+    fn drop_unsent(&self, nic: &Nic, frames: u64) {
+        if frames > 0 {
+            nic.tx_progress.withdrawn(frames);
+            nic.counters
+                .tx_dropped_reset
+                .fetch_add(frames, Ordering::Relaxed);
         }
     }
 }

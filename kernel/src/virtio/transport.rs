@@ -23,10 +23,14 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// `virtio_pci_common_cfg` registers the kernel writes itself (virtio 1.x, 4.1.4.3).
 const MSIX_CONFIG: u32 = 0x10;
+const DEVICE_STATUS: u32 = 0x14;
 const QUEUE_SELECT: u32 = 0x16;
 const QUEUE_MSIX_VECTOR: u32 = 0x1a;
 
-/// A few 16-bit registers of a structure in a device's memory BAR, bounds-checked.
+/// A few 8- and 16-bit registers of a structure in a device's memory BAR, bounds-checked.
+/// Copies address the same registers (the transport and the driver's reset both use the
+/// common configuration).
+#[derive(Clone)]
 pub struct Registers {
     base: NonNull<u8>,
     length: u32,
@@ -48,12 +52,15 @@ impl Registers {
         })
     }
 
-    fn in_bounds(&self, offset: u32) -> bool {
-        offset.is_multiple_of(2) && offset.checked_add(2).is_some_and(|end| end <= self.length)
+    fn in_bounds(&self, offset: u32, size: u32) -> bool {
+        offset.is_multiple_of(size)
+            && offset
+                .checked_add(size)
+                .is_some_and(|end| end <= self.length)
     }
 
     pub fn read_u16(&self, offset: u32) -> Option<u16> {
-        if !self.in_bounds(offset) {
+        if !self.in_bounds(offset, 2) {
             return None;
         }
         // SAFETY: aligned and inside the mapped, uncached structure (checked above).
@@ -61,10 +68,43 @@ impl Registers {
     }
 
     pub fn write_u16(&self, offset: u32, value: u16) {
-        if self.in_bounds(offset) {
+        if self.in_bounds(offset, 2) {
             // SAFETY: as in read_u16.
             unsafe {
                 core::ptr::write_volatile(self.base.as_ptr().add(offset as usize).cast(), value)
+            }
+        }
+    }
+
+    fn read_u8(&self, offset: u32) -> Option<u8> {
+        if !self.in_bounds(offset, 1) {
+            return None;
+        }
+        // SAFETY: inside the mapped, uncached structure (checked above).
+        Some(unsafe { core::ptr::read_volatile(self.base.as_ptr().add(offset as usize)) })
+    }
+
+    fn write_u8(&self, offset: u32, value: u8) {
+        if self.in_bounds(offset, 1) {
+            // SAFETY: as in read_u8.
+            unsafe { core::ptr::write_volatile(self.base.as_ptr().add(offset as usize), value) }
+        }
+    }
+
+    /// Resets the device through this common configuration (`device_status` = 0), waiting up to
+    /// `timeout_us` for it to read back 0 (virtio 1.x 4.1.4.3.2: until then the device may
+    /// still use the rings). Err: it did not.
+    pub fn reset_device(&self, timeout_us: u64) -> Result<(), &'static str> {
+        self.write_u8(DEVICE_STATUS, 0);
+        let started = crate::time::now_us();
+        loop {
+            match self.read_u8(DEVICE_STATUS) {
+                Some(0) => return Ok(()),
+                None => return Err("no device_status register"),
+                Some(_) if crate::time::now_us().saturating_sub(started) >= timeout_us => {
+                    return Err("the device did not finish its reset")
+                }
+                Some(_) => crate::sched::sleep_ns(10_000),
             }
         }
     }
@@ -76,6 +116,9 @@ pub struct MsixEntries {
     pub queues: u16,
     pub config: u16,
 }
+
+/// virtio-net's transmit queue (`transmitq1`; 0 is `receiveq1`).
+const TRANSMIT_QUEUE: usize = 1;
 
 /// VIRTIO_F_RING_EVENT_IDX: the device publishes `avail_event`.
 const FEATURE_EVENT_IDX: u64 = 1 << 29;
@@ -131,6 +174,9 @@ pub struct TransportStats {
     pub features: AtomicU64,
     /// The device refused an MSI-X entry (answered NO_VECTOR): it will not interrupt.
     pub vector_refused: AtomicBool,
+    /// Fault injection (`wedge`): transmit doorbells are withheld, and the driver ignores
+    /// transmit completions, until the next reset clears it.
+    pub tx_wedged: AtomicBool,
 }
 
 pub struct MsixTransport {
@@ -148,13 +194,19 @@ unsafe impl Send for MsixTransport {}
 unsafe impl Sync for MsixTransport {}
 
 impl MsixTransport {
-    pub fn new(inner: PciTransport, common: Registers, msix: Option<MsixEntries>) -> Self {
+    /// `stats` carry over from the device's previous transport (a reset makes a new one).
+    pub fn new(
+        inner: PciTransport,
+        common: Registers,
+        msix: Option<MsixEntries>,
+        stats: Arc<TransportStats>,
+    ) -> Self {
         MsixTransport {
             inner,
             common,
             msix,
             event_indices: [None; 2],
-            stats: Arc::new(TransportStats::default()),
+            stats,
         }
     }
 
@@ -189,6 +241,9 @@ impl Transport for MsixTransport {
 
     fn notify(&mut self, queue: u16) {
         let index = usize::from(queue);
+        if index == TRANSMIT_QUEUE && self.stats.tx_wedged.load(Ordering::Relaxed) {
+            return;
+        }
         if let Some(Some(indices)) = self.event_indices.get(index) {
             if !indices.device_waits() {
                 self.stats.suppressed[index].fetch_add(1, Ordering::Relaxed);
