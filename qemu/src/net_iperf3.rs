@@ -12,7 +12,8 @@ use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 use tether_tests::iperf3::{self as spec, ClientRun, MalformedCase};
@@ -144,7 +145,7 @@ fn await_service(q: &mut Instance) -> Result<(), String> {
 
 /// The first serial line from index `from` on that satisfies `matches`, waiting until
 /// `deadline`; its index and text.
-fn find_line(
+pub(crate) fn find_line(
     q: &mut Instance,
     from: usize,
     timeout: Duration,
@@ -337,12 +338,42 @@ fn client_run(
     run: &ClientRun,
     settings: &BootSettings,
 ) -> Result<String, String> {
+    let client = start_client(q, address, run, settings)?;
+    finish_client(q, address, run, client).map(|finished| finished.summary)
+}
+
+/// A stock client started by [`start_client`], running.
+pub(crate) struct Client {
+    child: Child,
+    started: Instant,
+    /// The first serial line that may be the kernel's line for its test.
+    from: usize,
+    json_path: PathBuf,
+}
+
+/// A client run judged by [`finish_client`].
+pub(crate) struct Finished {
+    /// The result line's summary.
+    pub summary: String,
+    /// Mbit/s at the receiver, by the host's clock.
+    pub mbit_per_s: f64,
+    /// When the client exited.
+    pub exited_at: Instant,
+}
+
+/// Starts the stock client (`-J`, output kept in the log folder as `RUN.json`).
+pub(crate) fn start_client(
+    q: &Instance,
+    address: SocketAddr,
+    run: &ClientRun,
+    settings: &BootSettings,
+) -> Result<Client, String> {
     let from = q.lines().len();
     let json_path = settings.log_dir.join(format!("{}.json", run.name));
     let json_file =
         File::create(&json_path).map_err(|e| format!("creating {}: {e}", json_path.display()))?;
     let port = address.port().to_string();
-    let mut child = Command::new("iperf3")
+    let child = Command::new("iperf3")
         .args([
             "-c",
             "127.0.0.1",
@@ -358,7 +389,28 @@ fn client_run(
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting iperf3: {e}"))?;
-    let started = Instant::now();
+    Ok(Client {
+        child,
+        started: Instant::now(),
+        from,
+        json_path,
+    })
+}
+
+/// Waits (bounded) for a client from [`start_client`] and judges its run against the kernel's
+/// line for its test.
+pub(crate) fn finish_client(
+    q: &mut Instance,
+    address: SocketAddr,
+    run: &ClientRun,
+    client: Client,
+) -> Result<Finished, String> {
+    let Client {
+        mut child,
+        started,
+        from,
+        json_path,
+    } = client;
     let mut busy = None;
     let status = loop {
         match child.try_wait() {
@@ -379,6 +431,7 @@ fn client_run(
         }
         thread::sleep(Duration::from_millis(20));
     };
+    let exited_at = Instant::now();
     let text = std::fs::read_to_string(&json_path)
         .map_err(|e| format!("reading {}: {e}", json_path.display()))?;
     let report = spec::parse_client_json(&text)
@@ -407,5 +460,9 @@ fn client_run(
             spec::BUSY_PROBE_AFTER.as_millis()
         ));
     }
-    Ok(summary)
+    Ok(Finished {
+        summary,
+        mbit_per_s: spec::receiver_mbit_per_second(run, &report, &server),
+        exited_at,
+    })
 }

@@ -45,7 +45,7 @@ enum BootJob<'a> {
     NetEcho(&'a tether_tests::net::EchoBoot),
     NetHttp,
     NetStatic,
-    /// A recovery test (issue 6): its name and runner.
+    /// A recovery test (issues 5 and 6): its name and runner.
     Recovery(&'static str, fn(&Path, &BootSettings) -> TestOutcome),
     NetIperf3,
     NetIperf3Virtio,
@@ -160,6 +160,14 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
         ),
         BootJob::Recovery(net_recovery::TOKEN_NAME, net_recovery::run_fault_token_test),
         BootJob::Recovery(net_recovery::UNPLUG_NAME, net_recovery::run_unplug_test),
+        BootJob::Recovery(
+            net_recovery::VIRTIO_WEDGE_NAME,
+            net_recovery::run_virtio_wedge_test,
+        ),
+        BootJob::Recovery(
+            net_recovery::ISOLATION_NAME,
+            net_recovery::run_nic_isolation_test,
+        ),
     ]);
     shared.push(BootJob::NetIperf3);
     shared.push(BootJob::NetIperf3Virtio);

@@ -438,6 +438,25 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
+/// The receiver's bytes and the client's test time (the host's clock).
+fn receiver_count(run: &ClientRun, client: &ClientReport, server: &ServerLine) -> (u64, f64) {
+    if run.reverse {
+        (client.sum_received.bytes, client.sum_received.seconds)
+    } else {
+        (server.reported, client.sum_sent.seconds)
+    }
+}
+
+/// A run's rate: the receiver's bytes over the client's test time, by the host's clock.
+pub fn receiver_mbit_per_second(
+    run: &ClientRun,
+    client: &ClientReport,
+    server: &ServerLine,
+) -> f64 {
+    let (bytes, seconds) = receiver_count(run, client, server);
+    mbit_per_second(bytes, seconds)
+}
+
 /// Checks a client run against the kernel's line for it. `Ok`: the result line's summary.
 pub fn judge(
     run: &ClientRun,
@@ -535,12 +554,7 @@ pub fn judge(
     if !problems.is_empty() {
         return Err(problems.join("; "));
     }
-    // Rates by the host's clock: the receiver's bytes over the client's test time.
-    let (receiver_bytes, seconds) = if run.reverse {
-        (client.sum_received.bytes, client.sum_received.seconds)
-    } else {
-        (server.reported, client.sum_sent.seconds)
-    };
+    let seconds = receiver_count(run, client, server).1;
     let direction = if run.reverse {
         "guest->host"
     } else {
@@ -561,7 +575,7 @@ pub fn judge(
     };
     Ok(format!(
         "{:.1} Mbit/s {direction}, {} stream{} in {seconds:.2} s; {counts}",
-        mbit_per_second(receiver_bytes, seconds),
+        receiver_mbit_per_second(run, client, server),
         run.streams,
         if run.streams == 1 { "" } else { "s" },
     ))
