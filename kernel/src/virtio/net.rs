@@ -54,8 +54,11 @@ const TX_IN_FLIGHT: usize = 128;
 /// One buffer holds the 12-byte header and a 1514-byte frame (virtio-drivers wants >= 1526).
 const BUFFER: usize = 2048;
 /// Received frames waiting for the network thread, at most. Posted buffers never exceed the
-/// room left in it, so every frame the device delivers fits.
-const RX_QUEUE: usize = RX_BUFFERS;
+/// room left in it, so every frame the device delivers fits. Twice the buffers: all of them
+/// stay posted until the stack falls a full ring behind; with the queue as long as the ring,
+/// every frame waiting in it was a buffer withheld, and under load the device often ran dry
+/// and needed a doorbell per handful of buffers posted again (0.03 more per frame measured).
+const RX_QUEUE: usize = 2 * RX_BUFFERS;
 /// How long a full transmit queue is waited for before the frame is dropped.
 const TX_FULL_WAIT_US: u64 = 100_000;
 /// The thread's wait with interrupts (work arrives by interrupt; this only bounds a lost one).
