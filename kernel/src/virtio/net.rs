@@ -780,7 +780,8 @@ impl NetDevice {
             }
         };
         rings.raw = Some(raw);
-        rings.post_receive_buffers(nic.rx_room().saturating_sub(frames.len()))?;
+        // A failure here fails the reset (retried), once the frames below are accounted for.
+        let posted = rings.post_receive_buffers(nic.rx_room().saturating_sub(frames.len()));
         let (mut requeued, mut dropped) = (0, 0);
         for frame in unsent {
             match rings.post_transmit(frame) {
@@ -792,6 +793,7 @@ impl NetDevice {
         nic.counters
             .tx_requeued
             .fetch_add(requeued, Ordering::Relaxed);
+        posted?;
         rings.reset_done_us = Some(time::now_us());
         Ok(ResetOutcome {
             requeued,
