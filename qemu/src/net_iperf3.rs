@@ -357,6 +357,8 @@ pub(crate) struct Finished {
     pub summary: String,
     /// Mbit/s at the receiver, by the host's clock.
     pub mbit_per_s: f64,
+    /// The client's rate in each interval (a second), Mbit/s.
+    pub interval_mbit_per_s: Vec<f64>,
     /// When the client exited.
     pub exited_at: Instant,
 }
@@ -463,6 +465,7 @@ pub(crate) fn finish_client(
     Ok(Finished {
         summary,
         mbit_per_s: spec::receiver_mbit_per_second(run, &report, &server),
+        interval_mbit_per_s: report.interval_mbit_per_s,
         exited_at,
     })
 }

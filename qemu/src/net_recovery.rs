@@ -344,15 +344,22 @@ const ISOLATION_DURING: ClientRun = isolation_run("nic_isolation_during_wedge");
 /// When, after the second iperf3 client starts, usb-net is wedged.
 const WEDGE_AFTER: Duration = Duration::from_millis(500);
 /// The virtio interface's throughput while usb-net is wedged and reset must be at least this
-/// share of the baseline (it is expected to be about the same, or higher: the wedged usb-net's
-/// echo stream stops competing for the guest's CPUs).
-const ISOLATION_MIN_RATIO: f64 = 0.5;
+/// share of the baseline. It is expected to be about the same, or higher (the wedged usb-net's
+/// echo stream stops competing for the guest's CPUs), but other guests on the host swing a
+/// run's rate: 62-167% measured beside another engineer's QEMU benchmarks, whose load also
+/// moved a baseline's own seconds between 84 and 294 Mbit/s.
+const ISOLATION_MIN_RATIO: f64 = 0.4;
+/// No second of that run may fall below this share of the baseline: the wedge and reset last
+/// 2-3 s of the 5, so a virtio interface held up by them would show seconds near zero, which
+/// the whole run's rate could average away.
+const ISOLATION_MIN_SECOND_RATIO: f64 = 0.1;
 
 /// Issue 5's isolation: virtio-net (eth0) and usb-net (eth1) in one guest, an echo stream of
 /// random bytes busy on usb-net throughout. A stock iperf3 client runs 5 s over virtio-net for
 /// a baseline, then again while usb-net is wedged (0.5 s in) and reset by its watchdog: the
-/// second run completes, its throughput does not collapse against the baseline, the wedge and
-/// the reset both fall inside it, and the usb-net echo stream recovers with every byte intact.
+/// second run completes, its throughput does not collapse against the baseline (as a whole and
+/// in any second of it), the wedge and the reset both fall inside it, and the usb-net echo
+/// stream recovers with every byte intact.
 pub fn run_nic_isolation_test(kernel: &Path, settings: &BootSettings) -> TestOutcome {
     if !crate::deps::on_path("iperf3") {
         return TestOutcome::fail(
@@ -406,8 +413,14 @@ pub fn run_nic_isolation_test(kernel: &Path, settings: &BootSettings) -> TestOut
                 return Err(format!("usb-net echo stream: {error}"));
             }
             let ratio = during.mbit_per_s / baseline.mbit_per_s;
+            let slowest_second = during
+                .interval_mbit_per_s
+                .iter()
+                .copied()
+                .reduce(f64::min)
+                .ok_or("the iperf3 run during the wedge reported no intervals")?;
             let figures = format!(
-                "virtio iperf3 {:.0} Mbit/s before, {:.0} Mbit/s while usb-net was wedged and reset ({:.0}%)",
+                "virtio iperf3 {:.0} Mbit/s before, {:.0} Mbit/s while usb-net was wedged and reset ({:.0}%; slowest second {slowest_second:.0})",
                 baseline.mbit_per_s,
                 during.mbit_per_s,
                 ratio * 100.0
@@ -416,6 +429,12 @@ pub fn run_nic_isolation_test(kernel: &Path, settings: &BootSettings) -> TestOut
                 return Err(format!(
                     "{figures}: below {:.0}% of the baseline",
                     ISOLATION_MIN_RATIO * 100.0
+                ));
+            }
+            if slowest_second < baseline.mbit_per_s * ISOLATION_MIN_SECOND_RATIO {
+                return Err(format!(
+                    "{figures}: a second below {:.0}% of the baseline",
+                    ISOLATION_MIN_SECOND_RATIO * 100.0
                 ));
             }
             Ok(format!(

@@ -369,6 +369,10 @@ pub struct ClientReport {
     pub stream_received: Vec<u64>,
     /// `server_output_text` (`--get-server-output`).
     pub server_output_text: Option<String>,
+    /// `intervals[i].sum.bits_per_second` in Mbit/s, the client's per-interval rate (`-i`, a
+    /// second by default), of the intervals lasting at least half a second (a run can end with
+    /// a sliver whose rate means little).
+    pub interval_mbit_per_s: Vec<f64>,
 }
 
 impl ClientReport {
@@ -423,6 +427,20 @@ pub fn parse_client_json(text: &str) -> Result<ClientReport, String> {
             .get("server_output_text")
             .and_then(Value::as_str)
             .map(str::to_string),
+        interval_mbit_per_s: json
+            .pointer("/intervals")
+            .and_then(Value::as_array)
+            .map(|intervals| {
+                intervals
+                    .iter()
+                    .filter_map(|i| {
+                        let seconds = i.pointer("/sum/seconds")?.as_f64()?;
+                        let rate = i.pointer("/sum/bits_per_second")?.as_f64()?;
+                        (seconds >= 0.5).then_some(rate / 1e6)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -653,6 +671,19 @@ mod tests {
         assert_eq!(report.stream_received, vec![2137600000]);
         assert_eq!(report.client_total(), report.sum_sent);
         assert!(report.server_output_text.unwrap().contains("receiver"));
+        assert!(report.interval_mbit_per_s.is_empty());
+        let with_intervals = FORWARD_JSON.replace(
+            r#""intervals":[]"#,
+            r#""intervals":[{"streams":[],"sum":{"start":0,"end":1,"seconds":1,"bytes":12500000,"bits_per_second":100000000}},
+                            {"streams":[],"sum":{"start":1,"end":2,"seconds":1,"bytes":2500000,"bits_per_second":20000000}},
+                            {"streams":[],"sum":{"start":2,"end":2.1,"seconds":0.1,"bytes":0,"bits_per_second":0}}]"#,
+        );
+        assert_eq!(
+            parse_client_json(&with_intervals)
+                .unwrap()
+                .interval_mbit_per_s,
+            vec![100.0, 20.0]
+        );
         let failed = r#"{"start":{},"intervals":[],"end":{},"error":"unable to connect to server: Connection refused"}"#;
         assert_eq!(
             parse_client_json(failed).unwrap_err(),
@@ -736,6 +767,7 @@ mod tests {
             },
             stream_received: vec![client_read / streams as u64; streams],
             server_output_text: None,
+            interval_mbit_per_s: Vec::new(),
         }
     }
 
