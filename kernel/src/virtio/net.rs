@@ -149,41 +149,47 @@ struct Rings {
     reset_done_us: Option<u64>,
 }
 
-impl Rings {
-    fn raw(&mut self) -> Result<&mut Raw, String> {
-        self.raw
-            .as_mut()
-            .ok_or_else(|| String::from("the device is being reset"))
-    }
-
-    fn post_receive(&mut self, mut buffer: DmaBuffer) -> Result<(), String> {
-        let raw = self.raw()?;
-        // SAFETY: the buffer is DMA memory owned by `rx_posted` from here until
-        // `receive_complete` returns it (or a reset stops the device); nothing touches it in
-        // between.
-        let token = unsafe { raw.receive_begin(buffer.as_mut_slice()) }
-            .map_err(|e| format!("posting a receive buffer: {e}"))?;
-        match self.rx_posted.get_mut(usize::from(token)) {
-            Some(slot @ None) => {
-                *slot = Some(buffer);
-                self.rx_outstanding += 1;
-                Ok(())
-            }
-            // The device now owns memory this driver no longer tracks: stop (reset) it.
-            _ => {
-                core::mem::forget(buffer);
-                Err(format!("receive token {token} already in use"))
-            }
+/// Posts `buffer` for the device to receive into, tracked in `posted` by its token.
+fn post_receive_on(
+    raw: &mut Raw,
+    posted: &mut [Option<DmaBuffer>],
+    outstanding: &mut usize,
+    mut buffer: DmaBuffer,
+) -> Result<(), String> {
+    // SAFETY: the buffer is DMA memory owned by `posted` from here until `receive_complete`
+    // returns it (or a reset stops the device); nothing touches it in between.
+    let token = unsafe { raw.receive_begin(buffer.as_mut_slice()) }
+        .map_err(|e| format!("posting a receive buffer: {e}"))?;
+    match posted.get_mut(usize::from(token)) {
+        Some(slot @ None) => {
+            *slot = Some(buffer);
+            *outstanding += 1;
+            Ok(())
+        }
+        // The device now owns memory this driver no longer tracks: stop (reset) it.
+        _ => {
+            core::mem::forget(buffer);
+            Err(format!("receive token {token} already in use"))
         }
     }
+}
 
-    /// Posts spare receive buffers until `room` are posted (at most all of them; none while
-    /// the device is being reset).
-    fn post_receive_buffers(&mut self, room: usize) -> Result<(), String> {
+impl Rings {
+    fn post_receive(&mut self, buffer: DmaBuffer) -> Result<(), String> {
+        let raw = self
+            .raw
+            .as_mut()
+            .ok_or_else(|| String::from("the device is being reset"))?;
+        post_receive_on(raw, &mut self.rx_posted, &mut self.rx_outstanding, buffer)
+    }
+
+    /// Posts spare receive buffers while fewer than `limit` are posted (none while the device
+    /// is being reset).
+    fn post_receive_buffers(&mut self, limit: usize) -> Result<(), String> {
         if self.raw.is_none() {
             return Ok(());
         }
-        while self.rx_outstanding < room {
+        while self.rx_outstanding < limit {
             let Some(buffer) = self.rx_spare.pop() else {
                 return Ok(());
             };
@@ -192,15 +198,18 @@ impl Rings {
         Ok(())
     }
 
-    /// Moves every received frame to `frames`; their buffers become spare. Frames whose
-    /// reported length does not fit the buffer are dropped and counted.
+    /// Moves every received frame to `frames`. `room`: frames the stack's queue takes besides
+    /// what it holds; a buffer is posted again at once while the frames it may bring, those
+    /// in `frames` and those the other posted buffers may bring still fit, and is kept spare
+    /// otherwise. Frames whose reported length does not fit the buffer are dropped and counted.
     fn receive(
         &mut self,
         frames: &mut Vec<Vec<u8>>,
         counters: &DriverCounters,
+        room: usize,
     ) -> Result<(), String> {
         loop {
-            self.receive_completed(frames, counters)?;
+            self.receive_completed(frames, counters, room)?;
             // Popping wrote `used_event` ("interrupt me past here") with a release store, and
             // the check for new entries is a load: x86 may order that load first, so this
             // thread and the device could each miss the other's write, and the device would
@@ -221,6 +230,7 @@ impl Rings {
         &mut self,
         frames: &mut Vec<Vec<u8>>,
         counters: &DriverCounters,
+        room: usize,
     ) -> Result<(), String> {
         let Some(raw) = self.raw.as_mut() else {
             return Ok(());
@@ -250,7 +260,11 @@ impl Rings {
                     counters.rx_bad_length.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            self.rx_spare.push(buffer);
+            if self.rx_outstanding + frames.len() < room {
+                post_receive_on(raw, &mut self.rx_posted, &mut self.rx_outstanding, buffer)?;
+            } else {
+                self.rx_spare.push(buffer);
+            }
         }
         Ok(())
     }
@@ -386,12 +400,13 @@ impl Rings {
         counters: &DriverCounters,
         tx_wedged: bool,
     ) -> Result<bool, String> {
-        self.receive(frames, counters)?;
+        let room = nic.rx_room();
+        self.receive(frames, counters, room)?;
         if !tx_wedged {
             self.reap_transmitted(&nic.name)?;
         }
-        let room = nic.rx_room().saturating_sub(frames.len());
-        self.post_receive_buffers(room)?;
+        // Buffers kept spare for want of room earlier, if the stack has taken frames since.
+        self.post_receive_buffers(room.saturating_sub(frames.len()))?;
         Ok(self.raw.is_some() && !self.rx_spare.is_empty())
     }
 }
@@ -745,7 +760,7 @@ impl NetDevice {
                 .map_err(String::from)?;
             // The device has stopped: its used rings are final. What they hold was done;
             // entries that do not add up are abandoned with the rings.
-            let _ = rings.receive_completed(frames, &self.counters);
+            let _ = rings.receive_completed(frames, &self.counters, 0);
             let in_flight = rings.tx_in_flight;
             let _ = rings.reap_transmitted(&nic.name);
             finished = (in_flight - rings.tx_in_flight) as u64;
