@@ -455,9 +455,11 @@ impl Transmit for NetDevice {
         loop {
             let mut rings = self.rings.lock();
             if !self.tx_wedged() {
-                rings
-                    .reap_transmitted(&self.interface)
-                    .map_err(|_| "transmit queue inconsistent")?;
+                rings.reap_transmitted(&self.interface).map_err(|_| {
+                    // The device thread would find it at its next pass; ask now.
+                    self.request_reset();
+                    "transmit queue inconsistent"
+                })?;
             }
             if let Some(buffer) = rings.transmit_buffer() {
                 return rings.send(buffer, frame);
