@@ -237,7 +237,10 @@ static PM_TIMER: crate::sync::raw::RawSpinLock<Option<crate::arch::pmtimer::PmTi
 
 fn main_thread() {
     crate::deferred::init_callouts();
-    if let Some(pm) = *PM_TIMER.lock() {
+    // Copied out first: the guard of a raw spin lock keeps interrupts off, and must not be
+    // held across the spawn (the new thread may run at once and sleep).
+    let pm_timer = *PM_TIMER.lock();
+    if let Some(pm) = pm_timer {
         crate::sched::Spawn::new("clock-refine").start(move || time::refine(pm));
     }
     pci::init();

@@ -97,6 +97,9 @@ pub fn tsc_mhz() -> u64 {
 /// this.
 fn set_rate(per_ms: u64) {
     let old = TSC_PER_MS.load(Ordering::Relaxed);
+    // Interrupts off while the sequence is odd: an interrupt handler on this CPU reading the
+    // clock would otherwise spin forever waiting for this very update.
+    let interrupts_were_on = crate::arch::interrupts::disable_save();
     let tsc = rdtsc();
     let ns = now_ns();
     SEQUENCE.fetch_add(1, Ordering::AcqRel);
@@ -104,6 +107,7 @@ fn set_rate(per_ms: u64) {
     BASE_NS.store(ns, Ordering::Relaxed);
     TSC_PER_MS.store(per_ms, Ordering::Relaxed);
     SEQUENCE.fetch_add(1, Ordering::Release);
+    crate::arch::interrupts::restore(interrupts_were_on);
     let apic = APIC_TICKS_PER_MS.load(Ordering::Relaxed);
     APIC_TICKS_PER_MS.store(
         ((u128::from(apic) * u128::from(per_ms)) / u128::from(old)).max(1) as u64,
