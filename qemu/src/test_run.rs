@@ -168,6 +168,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
         ),
         BootJob::Recovery(net_recovery::TOKEN_NAME, net_recovery::run_fault_token_test),
         BootJob::Recovery(net_recovery::UNPLUG_NAME, net_recovery::run_unplug_test),
+        BootJob::Recovery(net_recovery::LINK_NAME, net_recovery::run_link_down_test),
         BootJob::Recovery(
             net_recovery::VIRTIO_WEDGE_NAME,
             net_recovery::run_virtio_wedge_test,
