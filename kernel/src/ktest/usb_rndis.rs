@@ -187,7 +187,7 @@ pub fn usb_rndis_lengths() -> TestResult {
         seq += 1;
         let transfer = PACKET_HEADER_LEN + PAYLOAD_AT + payload;
         tx_residues.insert(transfer % 64);
-        zlps_expected += u64::from(transfer % 64 == 0);
+        zlps_expected += u64::from(transfer.is_multiple_of(64));
         ping(&tx, &mut rx, me, gateway, seq, payload)?;
     }
     ensure!(

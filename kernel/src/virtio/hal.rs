@@ -76,7 +76,7 @@ unsafe impl Hal for KernelHal {
             // There is no error path in `share`; an unreachable address makes the device fail
             // the request instead of touching memory it must not.
             log::error!("virtio: no memory for a {len}-byte bounce buffer");
-            return u64::MAX & !0xfff;
+            return !0xfff;
         };
         if direction != BufferDirection::DeviceToDriver {
             // SAFETY: the caller guarantees `buffer` is valid for reads of `len` bytes and not

@@ -311,9 +311,9 @@ impl Rings {
                 .and_then(Option::take)
                 .ok_or_else(|| format!("device returned transmit token {token}, never posted"))?;
             // SAFETY: this is the buffer and length posted with `token`, unchanged since.
-            if let Err(error) =
-                unsafe { raw.transmit_complete(token, &frame.buffer.as_slice()[..frame.length]) }
-            {
+            let completed =
+                unsafe { raw.transmit_complete(token, &frame.buffer.as_slice()[..frame.length]) };
+            if let Err(error) = completed {
                 core::mem::forget(frame);
                 return Err(format!("completing transmit {token}: {error}"));
             }
