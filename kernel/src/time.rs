@@ -130,9 +130,15 @@ fn sample(pm: &PmTimer) -> Option<(u64, u32)> {
 }
 
 /// Measures the TSC against the PM timer over one-second windows and corrects the rate when
-/// it is off by more than 0.1%. Runs in its own thread at boot; a few rounds suffice.
-pub fn refine(pm: PmTimer) {
-    for _ in 0..3 {
+/// it is off by more than 0.1%. Runs in its own thread for the kernel's life: three rounds at
+/// boot, then one a minute (the thread never ends, so its stack is never returned mid-run).
+pub fn refine(pm: PmTimer) -> ! {
+    let mut round = 0u64;
+    loop {
+        if round >= 3 {
+            crate::sched::sleep_ns(60_000_000_000);
+        }
+        round += 1;
         let Some((tsc0, pm0)) = sample(&pm) else {
             continue;
         };
