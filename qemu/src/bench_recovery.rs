@@ -296,12 +296,6 @@ struct Bench {
     port: u16,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn boot(
     kernel: &std::path::Path,
     policy: &str,
@@ -309,7 +303,7 @@ fn boot(
     options: &RecoveryOptions,
 ) -> Result<Bench> {
     let verbose = options.verbose;
-    let port = free_port()?;
+    let port = crate::boots::free_loopback_ports(1).map_err(anyhow::Error::msg)?[0];
     let mut machine = Machine::pvh(
         kernel,
         format!("faults={TOKEN} watchdog={policy} {}", options.append)

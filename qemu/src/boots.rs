@@ -267,7 +267,7 @@ fn run_with_qmp(
 }
 
 /// `count` free loopback ports, held open together so they differ, then released for QEMU.
-fn free_loopback_ports(count: usize) -> Result<Vec<u16>, String> {
+pub fn free_loopback_ports(count: usize) -> Result<Vec<u16>, String> {
     let listeners: Result<Vec<_>, _> = (0..count)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect();

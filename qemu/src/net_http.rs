@@ -2,7 +2,7 @@
 //! networking forwarding a free loopback port to the guest's port 80, then `curl` and raw TCP
 //! against the kernel's HTTP service; and the same machine with static addressing.
 
-use crate::boots::{failure_context, BootSettings};
+use crate::boots::{failure_context, free_loopback_ports, BootSettings};
 use crate::instance::{Instance, Wait};
 use crate::preset::Machine;
 use crate::report::TestOutcome;
@@ -71,9 +71,9 @@ fn boot_forwarding(
     drive: impl FnOnce(&mut Instance, u16, &str) -> Result<String, String>,
 ) -> TestOutcome {
     let test = format!("net::{name}");
-    let port = match free_port() {
-        Ok(port) => port,
-        Err(e) => return TestOutcome::fail(test, format!("no free loopback port: {e}")),
+    let port = match free_loopback_ports(1) {
+        Ok(ports) => ports[0],
+        Err(reason) => return TestOutcome::fail(test, reason),
     };
     let mut machine = Machine::pvh(kernel, cmdline);
     machine
@@ -109,13 +109,6 @@ fn boot_forwarding(
         Err(reason) => TestOutcome::fail(&test, reason),
     };
     outcome.with_context(failure_context(&q, &log, &machine))
-}
-
-/// A loopback port free now (bound, read, released for QEMU).
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// `curl` of `path` on the forwarded port: the whole reply, head included.

@@ -80,9 +80,9 @@ fn run_suite(
             vec![],
         );
     }
-    let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
-        Ok(address) => address.port(),
-        Err(e) => return fail_all(&format!("no free loopback port: {e}"), vec![]),
+    let port = match crate::boots::free_loopback_ports(1) {
+        Ok(ports) => ports[0],
+        Err(reason) => return fail_all(&reason, vec![]),
     };
     let mut machine = Machine::pvh(kernel, "");
     machine.extra_args.extend(machine_args(port));

@@ -6,7 +6,7 @@
 //! Every byte of an echo stream is checked once and in order.
 
 use crate::bench_recovery::{kernel_time, Load, Traffic};
-use crate::boots::{failure_context, BootSettings};
+use crate::boots::{failure_context, free_loopback_ports, BootSettings};
 use crate::instance::{Instance, Wait};
 use crate::net_iperf3;
 use crate::preset::Machine;
@@ -38,12 +38,6 @@ pub const UNPLUG_NAME: &str = "unplug_under_load";
 pub const LINK_NAME: &str = "link_down_under_load";
 /// `net::nic_isolation`.
 pub const ISOLATION_NAME: &str = "nic_isolation";
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 /// The network of a recovery boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,11 +133,10 @@ fn boot(
     drive: impl FnOnce(&mut Instance, &Ports) -> Result<String, String>,
 ) -> TestOutcome {
     let test = format!("net::{name}");
-    let ports = match (free_port(), free_port(), free_port()) {
-        (Ok(echo), Ok(http), Ok(iperf3)) if echo != http && http != iperf3 && echo != iperf3 => {
-            Ports { echo, http, iperf3 }
-        }
-        _ => return TestOutcome::fail(test, "no free loopback ports"),
+    let ports = match free_loopback_ports(3).as_deref() {
+        Ok(&[echo, http, iperf3]) => Ports { echo, http, iperf3 },
+        Ok(_) => unreachable!("three ports were asked for"),
+        Err(reason) => return TestOutcome::fail(test, reason),
     };
     let mut machine = Machine::pvh(kernel, nics.cmdline());
     machine.extra_args.extend(nics.qemu_args(&ports));

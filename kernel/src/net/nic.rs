@@ -318,3 +318,55 @@ impl Nic {
         }
     }
 }
+
+/// When a NIC driver's own thread resets its device: as soon as asked, and after a failed
+/// attempt again after a backoff doubling from 200 ms up to 5 s. Shared by every NIC driver,
+/// which only says when an attempt started and how it ended.
+pub struct ResetSchedule {
+    due_us: Option<u64>,
+    backoff_us: u64,
+}
+
+impl ResetSchedule {
+    const FIRST_BACKOFF_US: u64 = 200_000;
+    const MAX_BACKOFF_US: u64 = 5_000_000;
+
+    pub const fn new() -> ResetSchedule {
+        ResetSchedule {
+            due_us: None,
+            backoff_us: Self::FIRST_BACKOFF_US,
+        }
+    }
+
+    /// A reset is wanted: now, unless one is already scheduled.
+    pub fn request(&mut self) {
+        self.due_us.get_or_insert(0);
+    }
+
+    /// Whether an attempt is due at `now_us`.
+    pub fn due(&self, now_us: u64) -> bool {
+        self.due_us.is_some_and(|due| now_us >= due)
+    }
+
+    /// Microseconds until the next attempt, if one is scheduled.
+    pub fn wait_us(&self, now_us: u64) -> Option<u64> {
+        self.due_us.map(|due| due.saturating_sub(now_us))
+    }
+
+    /// An attempt that started at `started_us` ended: reports it to `nic` and, on failure,
+    /// schedules the next one.
+    pub fn finished(&mut self, nic: &Nic, started_us: u64, result: Result<(), &str>) {
+        nic.reset_finished(result);
+        if result.is_ok() {
+            *self = ResetSchedule::new();
+            return;
+        }
+        log::warn!(
+            "{}: retrying the reset in {} ms",
+            nic.name,
+            self.backoff_us / 1000
+        );
+        self.due_us = Some(self.due_us.unwrap_or(0).max(started_us) + self.backoff_us);
+        self.backoff_us = (self.backoff_us * 2).min(Self::MAX_BACKOFF_US);
+    }
+}

@@ -23,7 +23,7 @@ use tether_usb::rndis::transfer_needs_zlp;
 use tether_xhci::pipe::{EndpointConfig, Pipe, PipeKind, TransferBuffer, TransferHandle};
 
 use super::driver::DeviceContext;
-use crate::net::nic::TxProgress;
+use crate::net::nic::{ResetSchedule, TxProgress};
 use crate::net::{Nic, Transmit};
 use crate::sync::Mutex;
 use crate::time;
@@ -60,9 +60,6 @@ pub fn tx_queue_len() -> usize {
 pub const RX_QUEUE: usize = 64;
 /// How long the data loop waits for a bulk IN completion before looking at the rest.
 const POLL_US: u64 = 100_000;
-/// A failed reset is retried after this, doubling up to [`RESET_BACKOFF_MAX_US`].
-const RESET_BACKOFF_US: u64 = 200_000;
-const RESET_BACKOFF_MAX_US: u64 = 5_000_000;
 
 /// The pipe set-up for an endpoint descriptor.
 pub fn endpoint_config(ep: &Endpoint, kind: PipeKind) -> EndpointConfig {
@@ -499,8 +496,7 @@ pub fn run_data_path<F: TxFraming>(
     notify: Option<&Pipe>,
     class: &mut impl ClassDataPath,
 ) -> Result<(), String> {
-    let mut reset_due: Option<u64> = None;
-    let mut backoff_us = RESET_BACKOFF_US;
+    let mut reset = ResetSchedule::new();
     log::info!(
         "{}: {driver}: receiving ({} transfers queued)",
         ctx.name,
@@ -545,9 +541,9 @@ pub fn run_data_path<F: TxFraming>(
         class.tick()?;
         tx.poll();
         if tx.take_reset_request() {
-            reset_due.get_or_insert(0);
+            reset.request();
         }
-        if let Some(due) = reset_due.filter(|due| time::now_us() >= *due) {
+        if reset.due(time::now_us()) {
             let started = time::now_us();
             match tx.reset(rx, || class.reset()) {
                 Ok(requeued) => {
@@ -559,21 +555,10 @@ pub fn run_data_path<F: TxFraming>(
                     nic.counters
                         .tx_requeued
                         .fetch_add(requeued as u64, Ordering::Relaxed);
-                    nic.reset_finished(Ok(()));
-                    reset_due = None;
-                    backoff_us = RESET_BACKOFF_US;
+                    reset.finished(nic, started, Ok(()));
                 }
                 Err(_) if ctx.life.is_detached() => return Ok(()),
-                Err(error) => {
-                    nic.reset_finished(Err(&error));
-                    log::warn!(
-                        "{}: retrying the reset in {} ms",
-                        nic.name,
-                        backoff_us / 1000
-                    );
-                    reset_due = Some(due.max(started) + backoff_us);
-                    backoff_us = (backoff_us * 2).min(RESET_BACKOFF_MAX_US);
-                }
+                Err(error) => reset.finished(nic, started, Err(&error)),
             }
         }
         if ctx.life.is_detached() {

@@ -40,7 +40,7 @@ use super::hal::{KernelHal, PciConfig};
 use super::transport::{MsixEntries, MsixTransport, Registers, TransportStats};
 use super::Wakeup;
 use crate::mem::dma::{self, DmaBuffer};
-use crate::net::nic::TxProgress;
+use crate::net::nic::{ResetSchedule, TxProgress};
 use crate::net::{self, Nic, Transmit};
 use crate::sync::Mutex;
 use crate::{pci, sched, time};
@@ -70,10 +70,6 @@ const POLL_NS: u64 = 1_000_000;
 const RX_ROOM_POLL_NS: u64 = 1_000_000;
 /// How long a reset waits for the device to acknowledge it.
 const RESET_TIMEOUT_US: u64 = 100_000;
-/// A failed reset is retried after this, doubling up to [`RESET_BACKOFF_MAX_US`] (as the USB
-/// NICs do).
-const RESET_BACKOFF_US: u64 = 200_000;
-const RESET_BACKOFF_MAX_US: u64 = 5_000_000;
 
 /// virtio-net device configuration: `status` and its link bit, valid with VIRTIO_NET_F_STATUS.
 const CONFIG_STATUS: u32 = 6;
@@ -659,15 +655,14 @@ impl NetDevice {
         let mut last_link_check = time::now_us();
         let mut frames = Vec::new();
         let mut rx_withheld = false;
-        let mut reset_due: Option<u64> = None;
-        let mut backoff_us = RESET_BACKOFF_US;
+        let mut reset = ResetSchedule::new();
         loop {
             let mut wait_ns = if self.msix { IDLE_WAIT_NS } else { POLL_NS };
             if rx_withheld {
                 wait_ns = wait_ns.min(RX_ROOM_POLL_NS);
             }
-            if let Some(due) = reset_due {
-                wait_ns = wait_ns.min(due.saturating_sub(time::now_us()) * 1000);
+            if let Some(due_us) = reset.wait_us(time::now_us()) {
+                wait_ns = wait_ns.min(due_us * 1000);
             }
             if wait_ns > 0 {
                 self.wakeup.semaphore.down_timeout(wait_ns);
@@ -675,9 +670,9 @@ impl NetDevice {
             // One pass handles every interrupt so far.
             while self.wakeup.semaphore.try_down() {}
             if self.reset_requested.swap(false, Ordering::AcqRel) {
-                reset_due.get_or_insert(0);
+                reset.request();
             }
-            if let Some(due) = reset_due.filter(|due| time::now_us() >= *due) {
+            if reset.due(time::now_us()) {
                 let started = time::now_us();
                 match self.reset(nic, &mut frames) {
                     Ok(outcome) => {
@@ -689,20 +684,9 @@ impl NetDevice {
                             outcome.dropped,
                             outcome.finished,
                         );
-                        nic.reset_finished(Ok(()));
-                        reset_due = None;
-                        backoff_us = RESET_BACKOFF_US;
+                        reset.finished(nic, started, Ok(()));
                     }
-                    Err(error) => {
-                        nic.reset_finished(Err(&error));
-                        log::warn!(
-                            "{}: retrying the reset in {} ms",
-                            nic.name,
-                            backoff_us / 1000
-                        );
-                        reset_due = Some(due.max(started) + backoff_us);
-                        backoff_us = (backoff_us * 2).min(RESET_BACKOFF_MAX_US);
-                    }
+                    Err(error) => reset.finished(nic, started, Err(&error)),
                 }
             }
             let pass =
@@ -713,7 +697,7 @@ impl NetDevice {
                 Ok(withheld) => rx_withheld = withheld,
                 Err(error) => {
                     log::error!("{}: virtio-net: {error}; resetting the device", nic.name);
-                    reset_due.get_or_insert(0);
+                    reset.request();
                 }
             }
             for frame in frames.drain(..) {
