@@ -135,6 +135,8 @@ extern "C" fn kernel_entry(loader_magic: u32, info_phys: u32) -> ! {
     });
     interrupts::enable();
 
+    // Before the other CPUs run: enumeration sizes BARs (see pci::init).
+    pci::init();
     start_application_processors(&platform, &boot.cmdline);
     PLATFORM.call_once(|| platform);
     sched::Spawn::new("main").start(main_thread);
@@ -243,7 +245,6 @@ fn main_thread() {
     if let Some(pm) = pm_timer {
         crate::sched::Spawn::new("clock-refine").start(move || time::refine(pm));
     }
-    pci::init();
     let cmdline = Cmdline::parse(&state().cmdline).ok();
     let test = cmdline
         .as_ref()

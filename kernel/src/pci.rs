@@ -55,11 +55,24 @@ impl ConfigRegionAccess for PortIo {
 
 static FUNCTIONS: spin::Once<Vec<PciFunction>> = spin::Once::new();
 
-/// Enumerates every bus once and logs one line per function.
+/// Enumerates every bus once, turns on memory decoding where firmware assigned a window but
+/// left it off, and logs one line per function.
+///
+/// This must run before the other CPUs start: sizing a BAR takes it out of the memory map, and
+/// nothing may change that map while another CPU does MMIO (QEMU 7.2's TCG then delivers the
+/// access to the wrong device; see `tether_pci::SettledBars`). For the same reason decoding is
+/// switched on here rather than by a driver later.
 pub fn init() {
     let functions = FUNCTIONS.call_once(|| tether_pci::enumerate(&CONFIG));
     log::info!("PCI: {} functions", functions.len());
     for function in functions {
+        let memory_bars = || function.bars.iter().flatten().filter(|b| b.is_memory());
+        if !function.is_pci_bridge()
+            && memory_bars().next().is_some()
+            && memory_bars().all(|b| b.address() != 0)
+        {
+            tether_pci::enable_memory_decoding(&CONFIG, function.address);
+        }
         log::info!("  {function}");
     }
 }

@@ -50,6 +50,11 @@ pub fn enable_bus_master_and_memory(
     });
 }
 
+/// Enables memory decoding (a no-op when it is on already).
+pub fn enable_memory_decoding(access: &(impl ConfigRegionAccess + ?Sized), address: PciAddress) {
+    update_command(access, address, |c| c | CommandRegister::MEMORY_ENABLE);
+}
+
 /// Lets the function assert its legacy INTx pin (clears Interrupt Disable) and enables memory
 /// decoding and bus mastering: the driver interrupts by INTx when it has neither MSI nor MSI-X.
 pub fn enable_intx(access: &(impl ConfigRegionAccess + ?Sized), address: PciAddress) {

@@ -26,6 +26,7 @@ mod enumerate;
 mod function;
 mod mechanism;
 mod msi;
+mod settled;
 pub mod virtio;
 
 #[cfg(any(test, feature = "fake"))]
@@ -38,7 +39,9 @@ pub use access::read_config_dword;
 pub use bar::Bar;
 pub use capability::{capability_id, Capability};
 pub use class::class_name;
-pub use command::{disable_intx, enable_bus_master_and_memory, enable_intx, read_command};
+pub use command::{
+    disable_intx, enable_bus_master_and_memory, enable_intx, enable_memory_decoding, read_command,
+};
 pub use enumerate::{enumerate, enumerate_segment};
 pub use function::PciFunction;
 pub use mechanism::{ecam_offset, legacy_config_address, LEGACY_CONFIG_SPACE_SIZE};
@@ -46,6 +49,7 @@ pub use msi::{
     configure_msi, enable_msix, msix_message, msix_table_entry, set_msix_function_mask, MsiInfo,
     MsiMessage, MsixInfo, MSIX_TABLE_ENTRY_SIZE,
 };
+pub use settled::{sizing_readback, SettledBars};
 
 // Re-exported so users name the same types this crate's API takes.
 pub use pci_types::{CommandRegister, ConfigRegionAccess, HeaderType, PciAddress};

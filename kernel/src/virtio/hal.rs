@@ -10,7 +10,7 @@
 use alloc::collections::BTreeMap;
 use core::ptr::NonNull;
 
-use tether_pci::PciAddress;
+use tether_pci::{PciAddress, SettledBars};
 use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 
@@ -103,8 +103,24 @@ unsafe impl Hal for KernelHal {
     }
 }
 
-/// Configuration space through the kernel's port I/O accessor (`pci::CONFIG`).
-pub struct PciConfig;
+/// Configuration space through the kernel's port I/O accessor (`pci::CONFIG`), for one
+/// function. virtio-drivers sizes BARs itself on every transport it builds (at boot and on each
+/// reset); [`SettledBars`] answers that from the BARs enumerated at boot, so the device's
+/// windows never leave the memory map under the other CPUs (see `tether_pci::SettledBars`).
+#[derive(Clone)]
+pub struct PciConfig {
+    function: PciAddress,
+    settled: SettledBars,
+}
+
+impl PciConfig {
+    pub fn new(function: &tether_pci::PciFunction) -> PciConfig {
+        PciConfig {
+            function: function.address,
+            settled: SettledBars::new(function.bars),
+        }
+    }
+}
 
 fn address(function: DeviceFunction) -> PciAddress {
     PciAddress::new(0, function.bus, function.device, function.function)
@@ -112,22 +128,35 @@ fn address(function: DeviceFunction) -> PciAddress {
 
 impl ConfigurationAccess for PciConfig {
     fn read_word(&self, function: DeviceFunction, register_offset: u8) -> u32 {
-        tether_pci::read_config_dword(
-            &crate::pci::CONFIG,
-            address(function),
-            u16::from(register_offset),
-        )
+        let address = address(function);
+        let offset = u16::from(register_offset);
+        if address == self.function {
+            if let Some(value) = self.settled.read(offset) {
+                return value;
+            }
+        }
+        tether_pci::read_config_dword(&crate::pci::CONFIG, address, offset)
     }
 
     fn write_word(&mut self, function: DeviceFunction, register_offset: u8, data: u32) {
         use tether_pci::ConfigRegionAccess;
-        // SAFETY: the offset is below 256 (a u8), and the accessor drops unaligned ones;
-        // virtio-drivers writes only the command register and BARs while sizing them (with
-        // decoding off, restoring both).
-        unsafe { crate::pci::CONFIG.write(address(function), u16::from(register_offset), data) };
+        let address = address(function);
+        let offset = u16::from(register_offset);
+        let value = if address == self.function {
+            let current = || tether_pci::read_config_dword(&crate::pci::CONFIG, address, offset);
+            match self.settled.write(offset, data, current) {
+                Some(value) => value,
+                None => return,
+            }
+        } else {
+            data
+        };
+        // SAFETY: the offset is below 256 (a u8), and the accessor drops unaligned ones; BAR
+        // writes and decode-off command writes were filtered out above.
+        unsafe { crate::pci::CONFIG.write(address, offset, value) };
     }
 
     unsafe fn unsafe_clone(&self) -> Self {
-        PciConfig
+        self.clone()
     }
 }

@@ -86,6 +86,8 @@ type Raw = VirtIONetRaw<KernelHal, MsixTransport, QUEUE_SIZE>;
 /// What it takes to set the device up again: at bring-up and after every reset.
 struct Setup {
     function: DeviceFunction,
+    /// Its configuration space, with BAR sizing answered from enumeration.
+    config: PciConfig,
     /// The common configuration, for the transport and for stopping the device.
     common: Registers,
     msix: Option<MsixEntries>,
@@ -96,7 +98,7 @@ impl Setup {
     /// A new transport and virtio-drivers device: the device is reset, features negotiated,
     /// both queues set up with their MSI-X vectors, DRIVER_OK set.
     fn new_raw(&self) -> Result<Raw, String> {
-        let mut root = PciRoot::new(PciConfig);
+        let mut root = PciRoot::new(self.config.clone());
         let pci_transport = PciTransport::new::<KernelHal, _>(&mut root, self.function)
             .map_err(|e| format!("transport: {e}"))?;
         let transport = MsixTransport::new(
@@ -566,6 +568,7 @@ fn bring_up(function: &PciFunction, interface: &str) -> Result<Up, String> {
             device: function.address.device(),
             function: function.address.function(),
         },
+        config: PciConfig::new(function),
         common,
         msix,
         stats: Arc::new(TransportStats::default()),

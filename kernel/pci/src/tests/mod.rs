@@ -4,6 +4,7 @@ mod hostile;
 mod interrupts;
 mod misc;
 mod q35;
+mod settled;
 
 use crate::fake::{FakeConfigSpace, FakeFunction};
 use crate::{PciAddress, PciFunction};
