@@ -117,10 +117,18 @@ impl Instance {
 
         let stderr = Arc::new(Mutex::new(String::new()));
         let stderr_sink = Arc::clone(&stderr);
+        // Appended as it arrives: a test may read QEMU's trace output while QEMU runs.
         thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr_pipe.read_to_string(&mut text);
-            stderr_sink.lock().unwrap().push_str(&text);
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = stderr_pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                stderr_sink
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
         });
 
         Ok(Instance {
