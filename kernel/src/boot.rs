@@ -30,6 +30,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "watchdog_ms",
     "faults",
     "txqueue",
+    "offload",
 ];
 
 /// Boot info as handed over: reads within the first 4 GiB, which the boot page tables map.

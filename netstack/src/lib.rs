@@ -11,6 +11,7 @@ pub mod addressing;
 pub mod fault;
 pub mod http;
 pub mod iperf3;
+pub mod offload;
 pub mod probe;
 pub mod services;
 pub mod watchdog;

@@ -277,7 +277,7 @@ pub fn free_loopback_ports(count: usize) -> Result<Vec<u16>, String> {
 }
 
 /// `len` bytes from a seeded xorshift: reproducible, incompressible.
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
     (0..len)
         .map(|_| {
@@ -292,9 +292,14 @@ fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// Sends `data` through the echo service behind 127.0.0.1:`port` while reading it back, and
 /// compares byte for byte. Returns the seconds it took.
 fn echo_exchange(port: u16, data: &[u8]) -> Result<f64, String> {
+    echo_exchange_at(std::net::SocketAddr::from(([127, 0, 0, 1], port)), data)
+}
+
+/// [`echo_exchange`] with the echo service at `address`.
+pub(crate) fn echo_exchange_at(address: std::net::SocketAddr, data: &[u8]) -> Result<f64, String> {
     use std::io::{Read, Write};
-    let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(10))
+        .map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;

@@ -33,6 +33,7 @@ pub mod instance;
 pub mod kernel_build;
 pub mod net_http;
 pub mod net_iperf3;
+pub mod net_offload;
 pub mod net_recovery;
 pub mod paths;
 pub mod pool;

@@ -7,6 +7,7 @@ use crate::host_tests;
 use crate::kernel_build;
 use crate::net_http;
 use crate::net_iperf3;
+use crate::net_offload;
 use crate::net_recovery;
 use crate::paths;
 use crate::pool;
@@ -173,6 +174,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
             net_recovery::VIRTIO_WEDGE_NAME,
             net_recovery::run_virtio_wedge_test,
         ),
+        BootJob::Recovery(net_offload::NAME, net_offload::run_large_receive_test),
     ]);
     shared.push(BootJob::NetIperf3);
     shared.push(BootJob::NetIperf3Virtio);

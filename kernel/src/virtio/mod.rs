@@ -4,6 +4,7 @@
 
 mod hal;
 mod net;
+mod netdev;
 mod transport;
 
 pub use net::report;

@@ -31,12 +31,13 @@ use alloc::vec::Vec;
 use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use tether_netstack::fault::Fault;
+use tether_netstack::offload::{self, NetHeader, FLAG_NEEDS_CSUM, HEADER_LEN};
 use tether_pci::{PciAddress, PciFunction};
-use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::PciTransport;
 
 use super::hal::{KernelHal, PciConfig};
+use super::netdev::{NetFeatures, NetQueues};
 use super::transport::{MsixEntries, MsixTransport, Registers, TransportStats};
 use super::Wakeup;
 use crate::mem::dma::{self, DmaBuffer};
@@ -51,8 +52,9 @@ const QUEUE_SIZE: usize = 256;
 const RX_BUFFERS: usize = 128;
 /// Frames handed to the device and not yet reaped, at most (the bounded transmit queue).
 const TX_IN_FLIGHT: usize = 128;
-/// One buffer holds the 12-byte header and a 1514-byte frame (virtio-drivers wants >= 1526).
-const BUFFER: usize = 2048;
+/// A receive buffer holds the 12-byte header and a 1514-byte frame; a large received segment
+/// (GUEST_TSO4, up to 64 KiB) spreads over several (MRG_RXBUF). Transmit buffers are the same.
+const BUFFER: usize = 4096;
 /// Received frames waiting for the network thread, at most. Posted buffers never exceed the
 /// room left in it, so every frame the device delivers fits. Twice the buffers: all of them
 /// stay posted until the stack falls a full ring behind; with the queue as long as the ring,
@@ -81,7 +83,7 @@ const FEATURE_STATUS: u64 = 1 << 16;
 /// by value a few times while it is built, more than the default 64 KiB allow.
 pub const STACK_SIZE: usize = 256 * 1024;
 
-type Raw = VirtIONetRaw<KernelHal, MsixTransport, QUEUE_SIZE>;
+type Raw = NetQueues<KernelHal, MsixTransport, QUEUE_SIZE>;
 
 /// What it takes to set the device up again: at bring-up and after every reset.
 struct Setup {
@@ -92,6 +94,8 @@ struct Setup {
     common: Registers,
     msix: Option<MsixEntries>,
     stats: Arc<TransportStats>,
+    /// Whether receive offloads are asked for (`offload=off` on the command line turns them off).
+    offloads: bool,
 }
 
 impl Setup {
@@ -107,7 +111,8 @@ impl Setup {
             self.msix,
             self.stats.clone(),
         );
-        Raw::new(transport).map_err(|e| format!("initialisation: {e}"))
+        Raw::new(transport, NetFeatures::wanted(self.offloads))
+            .map_err(|e| format!("initialisation: {e}"))
     }
 }
 
@@ -230,41 +235,96 @@ impl Rings {
         counters: &DriverCounters,
         room: usize,
     ) -> Result<(), String> {
-        let Some(raw) = self.raw.as_mut() else {
+        let Some(raw) = self.raw.as_ref() else {
             return Ok(());
         };
-        while let Some(token) = raw.poll_receive() {
-            let mut buffer = self
-                .rx_posted
-                .get_mut(usize::from(token))
-                .and_then(Option::take)
-                .ok_or_else(|| format!("device returned receive token {token}, never posted"))?;
-            self.rx_outstanding -= 1;
-            // SAFETY: this is the buffer posted with `token`, unchanged since.
-            let (header, length) =
-                match unsafe { raw.receive_complete(token, buffer.as_mut_slice()) } {
-                    Ok(lengths) => lengths,
-                    Err(error) => {
-                        core::mem::forget(buffer);
-                        return Err(format!("completing receive {token}: {error}"));
-                    }
-                };
-            match header
-                .checked_add(length)
-                .and_then(|end| buffer.as_slice().get(header..end))
-            {
-                Some(frame) => frames.push(frame.to_vec()),
-                None => {
-                    counters.rx_bad_length.fetch_add(1, Ordering::Relaxed);
+        let mergeable = raw.features().contains(NetFeatures::MRG_RXBUF);
+        while let Some(token) = self.raw.as_ref().and_then(Raw::poll_receive) {
+            let (buffer, written) = self.take_received(token)?;
+            let filled = &buffer.as_slice()[..written];
+            let header = NetHeader::parse(filled);
+            let parts = match header {
+                Some(h) if mergeable => usize::from(h.num_buffers.max(1)),
+                _ => 1,
+            };
+            let mut frame = Vec::with_capacity(parts * BUFFER);
+            frame.extend_from_slice(filled.get(HEADER_LEN..).unwrap_or(&[]));
+            self.recycle_receive(buffer, frames.len(), room)?;
+            // The rest of a frame spread over several buffers: the device completes them
+            // together, so each is already in the used ring.
+            for part in 1..parts {
+                let token = self
+                    .raw
+                    .as_ref()
+                    .and_then(Raw::poll_receive)
+                    .ok_or_else(|| format!("frame of {parts} buffers ends after {part}"))?;
+                let (buffer, written) = self.take_received(token)?;
+                frame.extend_from_slice(&buffer.as_slice()[..written]);
+                self.recycle_receive(buffer, frames.len(), room)?;
+            }
+            let Some(header) = header else {
+                counters.rx_bad_length.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if header.flags & FLAG_NEEDS_CSUM != 0 {
+                let start = usize::from(header.csum_start);
+                let offset = usize::from(header.csum_offset);
+                if offload::complete_checksum(&mut frame, start, offset).is_err() {
+                    counters
+                        .rx_bad_checksum_offsets
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
             }
-            if self.rx_outstanding + frames.len() < room {
-                post_receive_on(raw, &mut self.rx_posted, &mut self.rx_outstanding, buffer)?;
-            } else {
-                self.rx_spare.push(buffer);
+            if parts > 1 {
+                counters.rx_merged_frames.fetch_add(1, Ordering::Relaxed);
             }
+            frames.push(frame);
         }
         Ok(())
+    }
+
+    /// Pops the receive buffer the device returned with `token`, with the bytes it wrote
+    /// (never more than the buffer holds).
+    fn take_received(&mut self, token: u16) -> Result<(DmaBuffer, usize), String> {
+        let raw = self
+            .raw
+            .as_mut()
+            .ok_or_else(|| String::from("the device is being reset"))?;
+        let mut buffer = self
+            .rx_posted
+            .get_mut(usize::from(token))
+            .and_then(Option::take)
+            .ok_or_else(|| format!("device returned receive token {token}, never posted"))?;
+        self.rx_outstanding -= 1;
+        // SAFETY: this is the buffer posted with `token`, unchanged since.
+        match unsafe { raw.receive_complete(token, buffer.as_mut_slice()) } {
+            Ok(written) => {
+                let written = written.min(buffer.as_slice().len());
+                Ok((buffer, written))
+            }
+            Err(error) => {
+                core::mem::forget(buffer);
+                Err(format!("completing receive {token}: {error}"))
+            }
+        }
+    }
+
+    /// Posts a returned receive buffer again while the frames it may bring, the `waiting`
+    /// ones and those the other posted buffers may bring still fit the stack's `room`; keeps
+    /// it spare otherwise.
+    fn recycle_receive(
+        &mut self,
+        buffer: DmaBuffer,
+        waiting: usize,
+        room: usize,
+    ) -> Result<(), String> {
+        if self.rx_outstanding + waiting < room {
+            self.post_receive(buffer)
+        } else {
+            self.rx_spare.push(buffer);
+            Ok(())
+        }
     }
 
     /// Takes back the buffers of finished transmissions and counts them for the watchdog.
@@ -336,19 +396,16 @@ impl Rings {
     }
 
     fn send(&mut self, mut buffer: DmaBuffer, frame: &[u8]) -> Result<(), &'static str> {
-        let Some(raw) = self.raw.as_mut() else {
+        if self.raw.is_none() {
             self.tx_spare.push(buffer);
             return Err("the device is being reset");
-        };
-        let header = match raw.fill_buffer_header(buffer.as_mut_slice()) {
-            Ok(header) => header,
-            Err(_) => {
-                self.tx_spare.push(buffer);
-                return Err("no room for the virtio-net header");
-            }
-        };
-        let length = header + frame.len();
-        buffer.as_mut_slice()[header..length].copy_from_slice(frame);
+        }
+        let length = HEADER_LEN + frame.len();
+        if NetHeader::default().write(buffer.as_mut_slice()).is_none() || length > BUFFER {
+            self.tx_spare.push(buffer);
+            return Err("frame larger than the transmit buffers");
+        }
+        buffer.as_mut_slice()[HEADER_LEN..length].copy_from_slice(frame);
         let sequence = self.tx_sequence;
         self.tx_sequence += 1;
         self.post_transmit(TxFrame {
@@ -411,8 +468,12 @@ impl Rings {
 
 #[derive(Default)]
 struct DriverCounters {
-    /// Received frames dropped because the device reported more bytes than the buffer holds.
+    /// Received frames dropped because the device wrote less than a header.
     rx_bad_length: AtomicU64,
+    /// Received frames dropped because their partial checksum pointed outside them.
+    rx_bad_checksum_offsets: AtomicU64,
+    /// Received frames that spanned several buffers (large receive).
+    rx_merged_frames: AtomicU64,
     /// Transmissions that found every descriptor in flight and waited.
     tx_full_waits: AtomicU64,
 }
@@ -510,7 +571,7 @@ pub fn report() -> Vec<String> {
         .map(|d| {
             let rings = d.rings.lock();
             format!(
-                "{}: virtio-net {} interrupts by {}: {} queue, {} config\n  doorbells: {} receive, {} transmit ({} and {} not needed, saved)\n  receive: {} buffers posted, {} withheld (no room in the stack's queue), {} frames too long for them\n  transmit: {} in flight, {} buffers, {} waits for a full queue{}",
+                "{}: virtio-net {} interrupts by {}: {} queue, {} config\n  doorbells: {} receive, {} transmit ({} and {} not needed, saved)\n  receive: {} buffers posted, {} withheld (no room in the stack's queue), {} frames spanning several, {} without a header, {} with a bad checksum offset\n  transmit: {} in flight, {} buffers, {} waits for a full queue{}",
                 d.interface,
                 d.address,
                 if d.msix { "MSI-X" } else { "none (polling)" },
@@ -522,7 +583,9 @@ pub fn report() -> Vec<String> {
                 d.transport.suppressed[1].load(Ordering::Relaxed),
                 rings.rx_outstanding,
                 rings.rx_spare.len(),
+                d.counters.rx_merged_frames.load(Ordering::Relaxed),
                 d.counters.rx_bad_length.load(Ordering::Relaxed),
+                d.counters.rx_bad_checksum_offsets.load(Ordering::Relaxed),
                 rings.tx_in_flight,
                 rings.tx_allocated,
                 d.counters.tx_full_waits.load(Ordering::Relaxed),
@@ -572,6 +635,7 @@ fn bring_up(function: &PciFunction, interface: &str) -> Result<Up, String> {
         common,
         msix,
         stats: Arc::new(TransportStats::default()),
+        offloads: offloads_wanted(),
     };
     let raw = setup.new_raw()?;
     let stats = setup.stats.clone();
@@ -581,6 +645,7 @@ fn bring_up(function: &PciFunction, interface: &str) -> Result<Up, String> {
         msix = false;
     }
     let mac = raw.mac_address();
+    let offloads = offload_summary(raw.features());
     // The interface (with the watchdog policy of the command line) before the rings, which
     // count into its TX progress.
     let nic = net::attach_link_named(String::from(interface), mac, RX_QUEUE);
@@ -621,7 +686,7 @@ fn bring_up(function: &PciFunction, interface: &str) -> Result<Up, String> {
     let up = link_up(&device, link.as_ref());
     nic.set_carrier(up);
     log::info!(
-        "{interface}: virtio-net {} {:04x}:{:04x} MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {RX_BUFFERS} receive buffers posted, interrupts by {}, link {}, watchdog {}",
+        "{interface}: virtio-net {} {:04x}:{:04x} MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {RX_BUFFERS} receive buffers posted, receive offloads: {offloads}, interrupts by {}, link {}, watchdog {}",
         function.address,
         function.vendor_id,
         function.device_id,
@@ -632,6 +697,32 @@ fn bring_up(function: &PciFunction, interface: &str) -> Result<Up, String> {
     );
     DEVICES.lock().push(device.clone());
     Ok((device, nic, link))
+}
+
+/// The receive offloads in `features`, for the log.
+fn offload_summary(features: NetFeatures) -> &'static str {
+    if features.contains(NetFeatures::GUEST_TSO4) {
+        "large receive (TSO4), partial checksums"
+    } else if features.contains(NetFeatures::GUEST_CSUM) {
+        "partial checksums"
+    } else {
+        "none (the back-end offers none)"
+    }
+}
+
+/// `offload=off` turns the receive offloads off (for comparison); anything but `on`/`off` is
+/// reported and the default (on) kept.
+fn offloads_wanted() -> bool {
+    let Ok(cmdline) = tether_kcore::cmdline::Cmdline::parse(&crate::boot::state().cmdline) else {
+        return true;
+    };
+    match cmdline.bool("offload") {
+        Ok(value) => value.unwrap_or(true),
+        Err(error) => {
+            log::warn!("{error}; offloads stay on");
+            true
+        }
+    }
 }
 
 /// The link bit of the device configuration's status (up when the device has no status).
