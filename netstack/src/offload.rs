@@ -108,6 +108,144 @@ pub fn complete_checksum(
     Ok(())
 }
 
+/// Ethernet + IPv4 header lengths and the TCP header's offset, if `frame` is IPv4/TCP.
+struct TcpFrame {
+    ip_start: usize,
+    tcp_start: usize,
+    tcp_header_len: usize,
+}
+
+const ETHERNET_HEADER: usize = 14;
+const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+const PROTOCOL_TCP: u8 = 6;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_OPTION_END: u8 = 0;
+const TCP_OPTION_NOP: u8 = 1;
+const TCP_OPTION_MSS: u8 = 2;
+
+fn tcp_frame(frame: &[u8]) -> Option<TcpFrame> {
+    if frame.get(12..14)? != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip_start = ETHERNET_HEADER;
+    let version_ihl = *frame.get(ip_start)?;
+    let ihl = usize::from(version_ihl & 0xf) * 4;
+    if version_ihl >> 4 != 4 || ihl < 20 || *frame.get(ip_start + 9)? != PROTOCOL_TCP {
+        return None;
+    }
+    // Fragments (offset or more-fragments set) carry no TCP header to work on.
+    let fragment = u16::from_be_bytes([*frame.get(ip_start + 6)?, *frame.get(ip_start + 7)?]);
+    if fragment & 0x3fff != 0 {
+        return None;
+    }
+    let tcp_start = ip_start + ihl;
+    let tcp_header_len = usize::from(*frame.get(tcp_start + 12)? >> 4) * 4;
+    if tcp_header_len < 20 || frame.len() < tcp_start + tcp_header_len {
+        return None;
+    }
+    Some(TcpFrame {
+        ip_start,
+        tcp_start,
+        tcp_header_len,
+    })
+}
+
+/// A TCP connection seen from this host: remote IPv4 address, remote port, local port.
+pub type Flow = ([u8; 4], u16, u16);
+
+/// Which TCP connection a frame belongs to. `outgoing` says whether the frame is sent (the
+/// remote end is then its destination).
+pub fn flow_of(frame: &[u8], outgoing: bool) -> Option<Flow> {
+    let t = tcp_frame(frame)?;
+    let address = |at: usize| -> [u8; 4] { frame[at..at + 4].try_into().unwrap() };
+    let port = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
+    let (source, destination) = (port(t.tcp_start), port(t.tcp_start + 2));
+    Some(if outgoing {
+        (address(t.ip_start + 16), destination, source)
+    } else {
+        (address(t.ip_start + 12), source, destination)
+    })
+}
+
+/// For a received SYN carrying an MSS option: raises the option to `mss` (when it is lower)
+/// and returns the peer's own value, fixing the TCP checksum unless `partial` (a
+/// `NEEDS_CSUM` frame, whose checksum is computed afterwards over the new bytes).
+///
+/// This is how the stack comes to build segments larger than the link carries: the device
+/// (`HOST_TSO4`) cuts them to the peer's real MSS, which the driver keeps per connection.
+pub fn raise_syn_mss(frame: &mut [u8], mss: u16, partial: bool) -> Option<u16> {
+    let t = tcp_frame(frame)?;
+    if frame[t.tcp_start + 13] & TCP_FLAG_SYN == 0 {
+        return None;
+    }
+    let mut at = t.tcp_start + 20;
+    let end = t.tcp_start + t.tcp_header_len;
+    while at < end {
+        match frame[at] {
+            TCP_OPTION_END => return None,
+            TCP_OPTION_NOP => at += 1,
+            kind => {
+                let len = usize::from(*frame.get(at + 1)?);
+                if len < 2 || at + len > end {
+                    return None;
+                }
+                if kind == TCP_OPTION_MSS && len == 4 {
+                    let field = at + 2;
+                    let theirs = u16::from_be_bytes([frame[field], frame[field + 1]]);
+                    if theirs >= mss {
+                        return Some(theirs);
+                    }
+                    frame[field..field + 2].copy_from_slice(&mss.to_be_bytes());
+                    if !partial {
+                        // RFC 1624: HC' = ~(~HC + ~m + m').
+                        let check = t.tcp_start + 16;
+                        let old = u16::from_be_bytes([frame[check], frame[check + 1]]);
+                        let sum = checksum::combine(&[!old, !theirs, mss]);
+                        frame[check..check + 2].copy_from_slice(&(!sum).to_be_bytes());
+                    }
+                    return Some(theirs);
+                }
+                at += len;
+            }
+        }
+    }
+    None
+}
+
+/// Prepares a TCP frame longer than the link carries for the device to cut into segments
+/// of `peer_mss` (less this frame's TCP options): fixes nothing in the headers the device
+/// rewrites per segment, seeds the TCP checksum field with the pseudo-header sum, and returns
+/// the header that asks for segmentation and checksums. None if `frame` is not IPv4/TCP.
+pub fn segmentation_header(frame: &mut [u8], peer_mss: u16) -> Option<NetHeader> {
+    let t = tcp_frame(frame)?;
+    let options = t.tcp_header_len - 20;
+    let gso_size = usize::from(peer_mss)
+        .checked_sub(options)
+        .filter(|&n| n > 0)?;
+    let tcp_len = frame.len() - t.tcp_start;
+    let source: [u8; 4] = frame[t.ip_start + 12..t.ip_start + 16].try_into().unwrap();
+    let destination: [u8; 4] = frame[t.ip_start + 16..t.ip_start + 20].try_into().unwrap();
+    let mut proto_len = [0u8; 4];
+    proto_len[1] = PROTOCOL_TCP;
+    proto_len[2..].copy_from_slice(&u16::try_from(tcp_len).ok()?.to_be_bytes());
+    let pseudo = checksum::combine(&[
+        checksum::data(&source),
+        checksum::data(&destination),
+        checksum::data(&proto_len),
+    ]);
+    let field = t.tcp_start + 16;
+    frame[field..field + 2].copy_from_slice(&pseudo.to_be_bytes());
+    Some(NetHeader {
+        flags: FLAG_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        hdr_len: u16::try_from(t.tcp_start + t.tcp_header_len).ok()?,
+        gso_size: u16::try_from(gso_size).ok()?,
+        csum_start: u16::try_from(t.tcp_start).ok()?,
+        csum_offset: 16,
+        num_buffers: 0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,15 +262,19 @@ mod tests {
 
     /// An Ethernet/IPv4/TCP frame with a correct checksum and `payload`.
     fn tcp_frame(payload: &[u8]) -> Vec<u8> {
+        tcp_frame_with(payload, TcpControl::Psh, None)
+    }
+
+    fn tcp_frame_with(payload: &[u8], control: TcpControl, mss: Option<u16>) -> Vec<u8> {
         let tcp = TcpRepr {
             src_port: 5201,
             dst_port: 40000,
-            control: TcpControl::Psh,
+            control,
             seq_number: TcpSeqNumber(7),
             ack_number: Some(TcpSeqNumber(9)),
             window_len: 1000,
-            window_scale: None,
-            max_seg_size: None,
+            window_scale: Some(7),
+            max_seg_size: mss,
             sack_permitted: false,
             sack_ranges: [None; 3],
             timestamp: None,
@@ -217,5 +359,79 @@ mod tests {
         );
         assert!(complete_checksum(&mut frame, 61, 0).is_err());
         assert!(complete_checksum(&mut frame, usize::MAX, 1).is_err());
+    }
+
+    fn parsed_mss(bytes: &[u8]) -> Option<u16> {
+        let frame = EthernetFrame::new_checked(bytes).unwrap();
+        let packet = Ipv4Packet::new_checked(frame.payload()).unwrap();
+        let segment = TcpPacket::new_checked(packet.payload()).unwrap();
+        let caps = ChecksumCapabilities::default();
+        TcpRepr::parse(&segment, &SRC.into(), &DST.into(), &caps)
+            .unwrap()
+            .max_seg_size
+    }
+
+    #[test]
+    fn a_syn_mss_is_raised_and_the_checksum_still_holds() {
+        let mut frame = tcp_frame_with(&[], TcpControl::Syn, Some(1460));
+        assert_eq!(raise_syn_mss(&mut frame, 65_000, false), Some(1460));
+        assert!(tcp_checksum_ok(&frame));
+        assert_eq!(parsed_mss(&frame), Some(65_000));
+        // Already large enough: reported, left alone.
+        let before = frame.clone();
+        assert_eq!(raise_syn_mss(&mut frame, 9000, false), Some(65_000));
+        assert_eq!(frame, before);
+    }
+
+    #[test]
+    fn a_partial_syn_is_raised_and_completed_afterwards() {
+        let mut frame = tcp_frame_with(&[], TcpControl::Syn, Some(1400));
+        let tcp_len = (frame.len() - 34) as u32;
+        let pseudo = checksum::pseudo_header_v4(&SRC, &DST, IpProtocol::Tcp, tcp_len);
+        frame[50..52].copy_from_slice(&pseudo.to_be_bytes());
+        assert_eq!(raise_syn_mss(&mut frame, 65_000, true), Some(1400));
+        complete_checksum(&mut frame, 34, 16).unwrap();
+        assert!(tcp_checksum_ok(&frame));
+        assert_eq!(parsed_mss(&frame), Some(65_000));
+    }
+
+    #[test]
+    fn only_syns_with_an_mss_option_are_touched() {
+        let mut data = tcp_frame_with(b"hello", TcpControl::Psh, None);
+        let before = data.clone();
+        assert_eq!(raise_syn_mss(&mut data, 65_000, false), None);
+        assert_eq!(data, before);
+        let mut syn = tcp_frame_with(&[], TcpControl::Syn, None);
+        assert_eq!(raise_syn_mss(&mut syn, 65_000, false), None);
+        // Truncated or not TCP at all: no panic, nothing done.
+        assert_eq!(raise_syn_mss(&mut syn[..40].to_vec(), 65_000, false), None);
+        assert_eq!(raise_syn_mss(&mut [0u8; 60], 65_000, false), None);
+    }
+
+    #[test]
+    fn flows_are_named_from_this_host() {
+        let frame = tcp_frame(b"x");
+        // Sent from 10.0.2.2:5201 to 10.0.2.15:40000.
+        assert_eq!(flow_of(&frame, true), Some(([10, 0, 2, 15], 40000, 5201)));
+        assert_eq!(flow_of(&frame, false), Some(([10, 0, 2, 2], 5201, 40000)));
+        assert_eq!(flow_of(&[0u8; 20], true), None);
+    }
+
+    #[test]
+    fn a_large_segment_is_prepared_for_the_device_to_cut() {
+        let payload: Vec<u8> = (0..20_000).map(|i| (i % 251) as u8).collect();
+        let mut frame = tcp_frame(&payload);
+        let header = segmentation_header(&mut frame, 1460).unwrap();
+        // The frame's TCP header carries the 3-byte window-scale option padded to 4.
+        let tcp_header = usize::from(frame[46] >> 4) * 4;
+        assert_eq!(header.flags, FLAG_NEEDS_CSUM);
+        assert_eq!(header.gso_type, GSO_TCPV4);
+        assert_eq!(usize::from(header.hdr_len), 34 + tcp_header);
+        assert_eq!(usize::from(header.gso_size), 1460 - (tcp_header - 20));
+        assert_eq!((header.csum_start, header.csum_offset), (34, 16));
+        // What the device does for the whole frame gives the real checksum.
+        complete_checksum(&mut frame, 34, 16).unwrap();
+        assert!(tcp_checksum_ok(&frame));
+        assert_eq!(segmentation_header(&mut [0u8; 60], 1460), None);
     }
 }

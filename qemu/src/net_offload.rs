@@ -1,13 +1,14 @@
-//! `net::virtio_tap_large_receive`: virtio-net on a tap device in a private network namespace,
-//! where (unlike user networking) QEMU offers the receive offloads. The host's stack then hands
-//! over segments of up to 64 KiB with partial checksums, which the driver gathers from several
-//! receive buffers and completes.
+//! `net::virtio_tap_offloads`: virtio-net on a tap device in a private network namespace,
+//! where (unlike user networking) QEMU offers the offloads. The host's stack hands over
+//! segments of up to 64 KiB with partial checksums, which the driver gathers from several
+//! receive buffers and completes; the stack sends segments of up to 60 KB, which the device
+//! cuts to the peer's MSS and checksums.
 //!
-//! Checked: large receive is negotiated; random bytes sent through the echo service come back
-//! byte for byte (the gathering and checksum completion alter nothing: a completed checksum
-//! would "verify" corrupted bytes too, so only the content comparison can tell); a stock
-//! iperf3 client's bytes all arrive; the driver counted frames spanning several buffers and no
-//! bad checksum offset.
+//! Checked: both are negotiated; random bytes sent through the echo service come back byte for
+//! byte (both ways through the offloads: a completed checksum would "verify" corrupted bytes
+//! too, so only the content comparison can tell); a stock iperf3 client's bytes all arrive;
+//! the driver counted frames spanning several buffers, frames it had segmented, and no bad
+//! checksum offset.
 //!
 //! The echo client runs inside the namespace as this same program (`__echo-client`).
 
@@ -16,13 +17,13 @@ use crate::instance::{Echo, Instance, Wait};
 use crate::preset::Machine;
 use crate::report::TestOutcome;
 use std::net::SocketAddr;
-use tether_tests::iperf3 as spec;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use tether_tests::iperf3 as spec;
 
 /// The test's name under `net::`.
-pub const NAME: &str = "virtio_tap_large_receive";
+pub const NAME: &str = "virtio_tap_offloads";
 const TAP: &str = "tetap0";
 const HOST: &str = "198.18.5.1";
 const GUEST: &str = "198.18.5.2";
@@ -94,7 +95,7 @@ impl Drop for Netns {
 }
 
 /// Boots Tether on the tap device and runs the checks above.
-pub fn run_large_receive_test(kernel: &Path, settings: &BootSettings) -> TestOutcome {
+pub fn run_offload_test(kernel: &Path, settings: &BootSettings) -> TestOutcome {
     let test = format!("net::{NAME}");
     let netns = match Netns::create() {
         Ok(netns) => netns,
@@ -132,14 +133,20 @@ pub fn run_large_receive_test(kernel: &Path, settings: &BootSettings) -> TestOut
 fn exercise(q: &mut Instance, netns: &Netns) -> Result<String, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     match q.wait_for(deadline, |l| l.contains("receive offloads:")) {
-        Wait::Found(line) if line.contains("large receive") => {}
-        Wait::Found(line) => return Err(format!("no large receive negotiated: `{line}`")),
+        Wait::Found(line) if line.contains("large receive and send") => {}
+        Wait::Found(line) => {
+            return Err(format!("large receive and send not negotiated: `{line}`"))
+        }
         other => return Err(format!("no virtio-net announcement: {other:?}")),
     }
-    if !matches!(
-        q.wait_for(deadline, |l| l.contains("; serving ")),
-        Wait::Found(_)
-    ) {
+    // The interface may announce itself before the driver's line, or after it.
+    let served = |q: &Instance| q.lines().iter().any(|l| l.text.contains("; serving "));
+    if !served(q)
+        && !matches!(
+            q.wait_for(deadline, |l| l.contains("; serving ")),
+            Wait::Found(_)
+        )
+    {
         return Err("the interface never served".into());
     }
 
@@ -191,8 +198,20 @@ fn exercise(q: &mut Instance, netns: &Netns) -> Result<String, String> {
     if bad != 0 {
         return Err(format!("{bad} frames with a bad checksum offset"));
     }
+    let Wait::Found(transmit) = q.wait_for(Instant::now() + Duration::from_secs(10), |l| {
+        l.trim_start().starts_with("transmit:") && l.contains("segmented by the device")
+    }) else {
+        return Err("no `virtio` transmit line".into());
+    };
+    let segmented = number_before(&transmit, " frames segmented by the device")
+        .ok_or(format!("no segmented count in `{transmit}`"))?;
+    if segmented == 0 {
+        return Err(format!(
+            "no frame was handed over for segmentation: `{transmit}`"
+        ));
+    }
     Ok(format!(
-        "{echo}; iperf3 {iperf3}; {merged} frames spanned several receive buffers"
+        "{echo}; iperf3 {iperf3}; {merged} frames spanned several receive buffers, {segmented} were sent for the device to segment"
     ))
 }
 

@@ -174,7 +174,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
             net_recovery::VIRTIO_WEDGE_NAME,
             net_recovery::run_virtio_wedge_test,
         ),
-        BootJob::Recovery(net_offload::NAME, net_offload::run_large_receive_test),
+        BootJob::Recovery(net_offload::NAME, net_offload::run_offload_test),
     ]);
     shared.push(BootJob::NetIperf3);
     shared.push(BootJob::NetIperf3Virtio);

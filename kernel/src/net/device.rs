@@ -3,14 +3,14 @@
 //! to send are built in one buffer the device keeps, so sending allocates nothing.
 
 use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
 
 use tether_netstack::smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use tether_netstack::smoltcp::time::Instant;
 
 use super::nic::Nic;
 
-/// The largest frame smoltcp builds (the MTU below).
-const MAX_FRAME: usize = 1514;
+use super::nic::ETHERNET_MAX_FRAME;
 
 pub struct NicDevice<'a> {
     nic: &'a Nic,
@@ -22,7 +22,7 @@ impl<'a> NicDevice<'a> {
     pub fn new(nic: &'a Nic) -> Self {
         NicDevice {
             nic,
-            tx_frame: alloc::vec![0u8; MAX_FRAME],
+            tx_frame: alloc::vec![0u8; ETHERNET_MAX_FRAME],
         }
     }
 }
@@ -80,6 +80,10 @@ impl Device for NicDevice<'_> {
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        let max_frame = self.nic.max_frame.load(Ordering::Relaxed);
+        if self.tx_frame.len() < max_frame {
+            self.tx_frame.resize(max_frame, 0);
+        }
         Some(Tx {
             nic: self.nic,
             frame: &mut self.tx_frame,
@@ -89,7 +93,8 @@ impl Device for NicDevice<'_> {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = MAX_FRAME;
+        // Larger than Ethernet's when the device segments TCP itself.
+        caps.max_transmission_unit = self.nic.max_frame.load(Ordering::Relaxed);
         caps
     }
 }

@@ -131,6 +131,9 @@ impl TxProgress {
     }
 }
 
+/// An Ethernet frame at a 1500-byte MTU, without the FCS.
+pub const ETHERNET_MAX_FRAME: usize = 1514;
+
 pub struct Nic {
     pub name: String,
     pub mac: [u8; 6],
@@ -145,6 +148,9 @@ pub struct Nic {
     pub reset_failing: AtomicBool,
     /// The driver's TX queue size (transfers in flight at most; 0: not reported).
     pub tx_queue_capacity: AtomicUsize,
+    /// The largest frame the driver takes: the Ethernet MTU, or more when the device cuts
+    /// large TCP segments itself (virtio-net's HOST_TSO4).
+    pub max_frame: AtomicUsize,
     /// The IPv4 address in use and how it came ("static", "DHCP lease"), for status reports;
     /// None while there is none.
     pub address: SpinLock<Option<(super::Addressing, &'static str)>>,
@@ -168,6 +174,7 @@ impl Nic {
             tx_progress: Arc::new(TxProgress::new(policy)),
             reset_failing: AtomicBool::new(false),
             tx_queue_capacity: AtomicUsize::new(0),
+            max_frame: AtomicUsize::new(ETHERNET_MAX_FRAME),
             address: SpinLock::new("net.address", None),
             wake: Semaphore::new(0),
             gone: AtomicBool::new(false),

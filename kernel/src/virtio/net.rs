@@ -1,4 +1,5 @@
-//! virtio-net over `virtio-drivers`' `VirtIONetRaw`: a network interface like the USB NIC.
+//! virtio-net over `virtio-drivers`' queues and transport (`netdev.rs` sets the device up): a
+//! network interface like the USB NIC.
 //!
 //! The device thread (`virtio-netN`) sleeps until the queue interrupt (MSI-X; without it, a
 //! 1 ms poll), hands every received frame to the stack, posts receive buffers again for as
@@ -13,11 +14,21 @@
 //! up afresh (features negotiated again, MSI-X vectors reprogrammed), receive buffers posted
 //! again and the frames it had not used queued again in their order.
 //!
+//! Offloads, when the back-end offers them (tap does, user networking does not; `offload=off`
+//! declines them):
+//! - large receive (GUEST_TSO4, GUEST_CSUM, MRG_RXBUF): the host hands over TCP segments of up
+//!   to 64 KiB spread over several receive buffers, with a partial checksum the driver
+//!   completes;
+//! - large send (HOST_TSO4, CSUM): a peer's SYN is raised to [`RAISED_MSS`] so the stack
+//!   builds segments of up to [`SEGMENTED_FRAME`]; the device cuts them to the MSS the peer
+//!   asked for (remembered per connection) and fills in the checksums.
+//!
 //! What a frame costs on this path:
-//! - receive: the device (QEMU) writes header + frame into one of [`RX_BUFFERS`] posted DMA
-//!   buffers; the driver copies the frame into a heap `Vec` for the stack's queue (one copy,
-//!   one allocation) and posts the buffer again. One MSI-X interrupt per batch: the driver
-//!   asks (EVENT_IDX) to be interrupted only past the last entry it consumed.
+//! - receive: the device (QEMU) writes header + frame into one (or, large, several) of
+//!   [`RX_BUFFERS`] posted DMA buffers; the driver copies the frame into a heap `Vec` for the
+//!   stack's queue (one copy, one allocation) and posts the buffers again. One MSI-X interrupt
+//!   per batch: the driver asks (EVENT_IDX) to be interrupted only past the last entry it
+//!   consumed.
 //! - transmit: smoltcp fills a heap `Vec`; the driver copies it behind a 12-byte virtio-net
 //!   header into a reused DMA buffer (one copy) and adds it to the transmit queue, up to
 //!   [`TX_IN_FLIGHT`] at once. The doorbell (an MMIO write, a QEMU exit) is rung when the
@@ -30,6 +41,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use crate::net::nic::ETHERNET_MAX_FRAME;
 use tether_netstack::fault::Fault;
 use tether_netstack::offload::{self, NetHeader, FLAG_NEEDS_CSUM, HEADER_LEN};
 use tether_pci::{PciAddress, PciFunction};
@@ -55,6 +67,19 @@ const TX_IN_FLIGHT: usize = 128;
 /// A receive buffer holds the 12-byte header and a 1514-byte frame; a large received segment
 /// (GUEST_TSO4, up to 64 KiB) spreads over several (MRG_RXBUF). Transmit buffers are the same.
 const BUFFER: usize = 4096;
+/// With HOST_TSO4, the largest frame the stack builds: the device cuts it into segments the
+/// peer takes. Below 64 KiB with room for the TCP options smoltcp adds to its segment size.
+const SEGMENTED_FRAME: usize = 14 + 60_000;
+/// The MSS a peer's SYN is raised to, so that the stack builds such frames.
+const RAISED_MSS: u16 = 59_000;
+/// A transmit buffer for a frame to be segmented (header included, whole pages).
+const SEGMENTED_BUFFER: usize = (HEADER_LEN + SEGMENTED_FRAME).next_multiple_of(4096);
+/// Such buffers at most (each is 60 KiB).
+const SEGMENTED_BUFFERS: usize = 32;
+/// A peer's MSS when its SYN was not seen (Ethernet's 1500-byte MTU less the headers).
+const DEFAULT_PEER_MSS: u16 = 1460;
+/// Connections whose peer MSS is remembered, at most (the oldest is forgotten first).
+const PEER_MSS_ENTRIES: usize = 64;
 /// Received frames waiting for the network thread, at most. Posted buffers never exceed the
 /// room left in it, so every frame the device delivers fits. Twice the buffers: all of them
 /// stay posted until the stack falls a full ring behind; with the queue as long as the ring,
@@ -142,6 +167,15 @@ struct Rings {
     /// Buffers of completed transmissions, for the next frames.
     tx_spare: Vec<DmaBuffer>,
     tx_allocated: usize,
+    /// The same for frames the device segments (HOST_TSO4).
+    tx_segmented_spare: Vec<DmaBuffer>,
+    tx_segmented_allocated: usize,
+    /// HOST_TSO4 was negotiated: peers' SYNs are raised to [`RAISED_MSS`] and large frames
+    /// handed over for segmentation at the MSS the peer really asked for (kept here).
+    segmenting: bool,
+    peer_mss: Vec<(offload::Flow, u16)>,
+    /// Frames handed over for the device to segment.
+    tx_segmented: u64,
     tx_sequence: u64,
     /// The queue was full and nothing completed within a wait: later frames are not waited
     /// for (each would cost the network thread a wait) until something completes.
@@ -266,7 +300,15 @@ impl Rings {
                 counters.rx_bad_length.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            if header.flags & FLAG_NEEDS_CSUM != 0 {
+            let partial = header.flags & FLAG_NEEDS_CSUM != 0;
+            if self.segmenting {
+                if let Some(theirs) = offload::raise_syn_mss(&mut frame, RAISED_MSS, partial) {
+                    if let Some(flow) = offload::flow_of(&frame, false) {
+                        self.remember_peer_mss(flow, theirs);
+                    }
+                }
+            }
+            if partial {
                 let start = usize::from(header.csum_start);
                 let offset = usize::from(header.csum_offset);
                 if offload::complete_checksum(&mut frame, start, offset).is_err() {
@@ -359,10 +401,10 @@ impl Rings {
 
     /// Pops every transmission the used ring shows finished, counting them in `finished`.
     fn pop_transmitted(&mut self, finished: &mut u64) -> Result<(), String> {
-        let Some(raw) = self.raw.as_mut() else {
-            return Ok(());
-        };
-        while let Some(token) = raw.poll_transmit() {
+        while let Some(token) = self.raw.as_ref().and_then(Raw::poll_transmit) {
+            let Some(raw) = self.raw.as_mut() else {
+                return Ok(());
+            };
             let frame = self
                 .tx_posted
                 .get_mut(usize::from(token))
@@ -376,16 +418,28 @@ impl Rings {
                 return Err(format!("completing transmit {token}: {error}"));
             }
             self.tx_in_flight -= 1;
-            self.tx_spare.push(frame.buffer);
+            self.spare_tx(frame.buffer);
             *finished += 1;
         }
         Ok(())
     }
 
-    /// A transmit buffer, if fewer than [`TX_IN_FLIGHT`] frames are in flight.
-    fn transmit_buffer(&mut self) -> Option<DmaBuffer> {
+    /// A transmit buffer, if fewer than [`TX_IN_FLIGHT`] frames are in flight; a large one
+    /// for a frame the device segments.
+    fn transmit_buffer(&mut self, segmented: bool) -> Option<DmaBuffer> {
         if self.tx_in_flight >= TX_IN_FLIGHT {
             return None;
+        }
+        if segmented {
+            if let Some(buffer) = self.tx_segmented_spare.pop() {
+                return Some(buffer);
+            }
+            if self.tx_segmented_allocated >= SEGMENTED_BUFFERS {
+                return None;
+            }
+            let buffer = dma::alloc(SEGMENTED_BUFFER, 64, 0, None).ok()?;
+            self.tx_segmented_allocated += 1;
+            return Some(buffer);
         }
         if let Some(buffer) = self.tx_spare.pop() {
             return Some(buffer);
@@ -395,17 +449,57 @@ impl Rings {
         Some(buffer)
     }
 
+    /// A transmit buffer back to its pool.
+    fn spare_tx(&mut self, buffer: DmaBuffer) {
+        if buffer.as_slice().len() >= SEGMENTED_BUFFER {
+            self.tx_segmented_spare.push(buffer);
+        } else {
+            self.tx_spare.push(buffer);
+        }
+    }
+
+    fn remember_peer_mss(&mut self, flow: offload::Flow, mss: u16) {
+        self.peer_mss.retain(|(f, _)| *f != flow);
+        if self.peer_mss.len() >= PEER_MSS_ENTRIES {
+            self.peer_mss.remove(0);
+        }
+        self.peer_mss.push((flow, mss));
+    }
+
+    fn peer_mss_of(&self, frame: &[u8]) -> u16 {
+        offload::flow_of(frame, true)
+            .and_then(|flow| self.peer_mss.iter().find(|(f, _)| *f == flow))
+            .map_or(DEFAULT_PEER_MSS, |&(_, mss)| mss)
+    }
+
     fn send(&mut self, mut buffer: DmaBuffer, frame: &[u8]) -> Result<(), &'static str> {
         if self.raw.is_none() {
-            self.tx_spare.push(buffer);
+            self.spare_tx(buffer);
             return Err("the device is being reset");
         }
         let length = HEADER_LEN + frame.len();
-        if NetHeader::default().write(buffer.as_mut_slice()).is_none() || length > BUFFER {
-            self.tx_spare.push(buffer);
+        if length > buffer.as_slice().len() {
+            self.spare_tx(buffer);
             return Err("frame larger than the transmit buffers");
         }
-        buffer.as_mut_slice()[HEADER_LEN..length].copy_from_slice(frame);
+        let bytes = buffer.as_mut_slice();
+        bytes[HEADER_LEN..length].copy_from_slice(frame);
+        let header = if frame.len() > ETHERNET_MAX_FRAME {
+            let mss = self.peer_mss_of(frame);
+            match offload::segmentation_header(&mut bytes[HEADER_LEN..length], mss) {
+                Some(header) => {
+                    self.tx_segmented += 1;
+                    header
+                }
+                None => {
+                    self.spare_tx(buffer);
+                    return Err("a frame larger than the MTU that is not TCP");
+                }
+            }
+        } else {
+            NetHeader::default()
+        };
+        header.write(buffer.as_mut_slice());
         let sequence = self.tx_sequence;
         self.tx_sequence += 1;
         self.post_transmit(TxFrame {
@@ -421,7 +515,7 @@ impl Rings {
     /// watchdog when it is new).
     fn post_transmit(&mut self, frame: TxFrame) -> Result<(), &'static str> {
         let Some(raw) = self.raw.as_mut() else {
-            self.tx_spare.push(frame.buffer);
+            self.spare_tx(frame.buffer);
             return Err("the device is being reset");
         };
         // SAFETY: the buffer is owned by `tx_posted` until `transmit_complete` returns it (or a
@@ -439,7 +533,7 @@ impl Rings {
                 }
             },
             Err(_) => {
-                self.tx_spare.push(frame.buffer);
+                self.spare_tx(frame.buffer);
                 Err("transmit queue full")
             }
         }
@@ -502,12 +596,15 @@ pub struct NetDevice {
     reset_requested: AtomicBool,
     /// Resets still to fail on purpose (fault injection).
     fail_resets: AtomicU32,
+    /// HOST_TSO4 negotiated: frames up to [`SEGMENTED_FRAME`] are taken.
+    segmenting: bool,
 }
 
 impl Transmit for NetDevice {
     fn transmit(&self, frame: &[u8]) -> Result<(), &'static str> {
-        if frame.len() > BUFFER - 16 {
-            return Err("frame larger than the transmit buffers");
+        let segmented = frame.len() > ETHERNET_MAX_FRAME;
+        if frame.len() > SEGMENTED_FRAME || (segmented && !self.segmenting) {
+            return Err("frame larger than the MTU");
         }
         let started = time::now_us();
         let mut waited = false;
@@ -520,7 +617,7 @@ impl Transmit for NetDevice {
                     "transmit queue inconsistent"
                 })?;
             }
-            if let Some(buffer) = rings.transmit_buffer() {
+            if let Some(buffer) = rings.transmit_buffer(segmented) {
                 return rings.send(buffer, frame);
             }
             if rings.tx_stalled {
@@ -571,7 +668,7 @@ pub fn report() -> Vec<String> {
         .map(|d| {
             let rings = d.rings.lock();
             format!(
-                "{}: virtio-net {} interrupts by {}: {} queue, {} config\n  doorbells: {} receive, {} transmit ({} and {} not needed, saved)\n  receive: {} buffers posted, {} withheld (no room in the stack's queue), {} frames spanning several, {} without a header, {} with a bad checksum offset\n  transmit: {} in flight, {} buffers, {} waits for a full queue{}",
+                "{}: virtio-net {} interrupts by {}: {} queue, {} config\n  doorbells: {} receive, {} transmit ({} and {} not needed, saved)\n  receive: {} buffers posted, {} withheld (no room in the stack's queue), {} frames spanning several, {} without a header, {} with a bad checksum offset\n  transmit: {} in flight, {} buffers, {} waits for a full queue, {} frames segmented by the device{}",
                 d.interface,
                 d.address,
                 if d.msix { "MSI-X" } else { "none (polling)" },
@@ -587,8 +684,9 @@ pub fn report() -> Vec<String> {
                 d.counters.rx_bad_length.load(Ordering::Relaxed),
                 d.counters.rx_bad_checksum_offsets.load(Ordering::Relaxed),
                 rings.tx_in_flight,
-                rings.tx_allocated,
+                rings.tx_allocated + rings.tx_segmented_allocated,
                 d.counters.tx_full_waits.load(Ordering::Relaxed),
+                rings.tx_segmented,
                 if d.tx_wedged() { "; wedged (fault injected)" } else { "" },
             )
         })
@@ -646,10 +744,17 @@ fn bring_up(function: &PciFunction, interface: &str) -> Result<Up, String> {
     }
     let mac = raw.mac_address();
     let offloads = offload_summary(raw.features());
+    let segmenting = raw.features().contains(NetFeatures::HOST_TSO4);
     // The interface (with the watchdog policy of the command line) before the rings, which
     // count into its TX progress.
     let nic = net::attach_link_named(String::from(interface), mac, RX_QUEUE);
     nic.tx_queue_capacity.store(TX_IN_FLIGHT, Ordering::Relaxed);
+    let max_frame = if segmenting {
+        SEGMENTED_FRAME
+    } else {
+        ETHERNET_MAX_FRAME
+    };
+    nic.max_frame.store(max_frame, Ordering::Relaxed);
     let mut rings = Rings {
         raw: Some(raw),
         rx_posted: (0..QUEUE_SIZE).map(|_| None).collect(),
@@ -659,6 +764,11 @@ fn bring_up(function: &PciFunction, interface: &str) -> Result<Up, String> {
         tx_in_flight: 0,
         tx_spare: Vec::new(),
         tx_allocated: 0,
+        tx_segmented_spare: Vec::new(),
+        tx_segmented_allocated: 0,
+        segmenting,
+        peer_mss: Vec::new(),
+        tx_segmented: 0,
         tx_sequence: 0,
         tx_stalled: false,
         progress: nic.tx_progress.clone(),
@@ -681,6 +791,7 @@ fn bring_up(function: &PciFunction, interface: &str) -> Result<Up, String> {
         counters: DriverCounters::default(),
         reset_requested: AtomicBool::new(false),
         fail_resets: AtomicU32::new(0),
+        segmenting,
     });
     nic.set_link(device.clone());
     let up = link_up(&device, link.as_ref());
@@ -701,7 +812,11 @@ fn bring_up(function: &PciFunction, interface: &str) -> Result<Up, String> {
 
 /// The receive offloads in `features`, for the log.
 fn offload_summary(features: NetFeatures) -> &'static str {
-    if features.contains(NetFeatures::GUEST_TSO4) {
+    let lro = features.contains(NetFeatures::GUEST_TSO4);
+    let tso = features.contains(NetFeatures::HOST_TSO4);
+    if lro && tso {
+        "large receive and send (TSO4), partial checksums"
+    } else if lro {
         "large receive (TSO4), partial checksums"
     } else if features.contains(NetFeatures::GUEST_CSUM) {
         "partial checksums"
@@ -867,9 +982,9 @@ impl NetDevice {
             Ok(raw) => raw,
             Err(error) => {
                 let dropped = unsent.len() as u64;
-                rings
-                    .tx_spare
-                    .extend(unsent.into_iter().map(|frame| frame.buffer));
+                for frame in unsent {
+                    rings.spare_tx(frame.buffer);
+                }
                 self.drop_unsent(nic, dropped);
                 return Err(error);
             }

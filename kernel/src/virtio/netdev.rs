@@ -20,9 +20,11 @@ bitflags! {
     /// The virtio-net feature bits this driver knows (virtio 1.x 5.1.3).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct NetFeatures: u64 {
+        const CSUM = 1 << 0;
         const GUEST_CSUM = 1 << 1;
         const MAC = 1 << 5;
         const GUEST_TSO4 = 1 << 7;
+        const HOST_TSO4 = 1 << 11;
         const MRG_RXBUF = 1 << 15;
         const STATUS = 1 << 16;
         const RING_INDIRECT_DESC = 1 << 28;
@@ -42,7 +44,10 @@ impl NetFeatures {
             | NetFeatures::VERSION_1
             | NetFeatures::MRG_RXBUF;
         if offloads {
-            base | NetFeatures::GUEST_CSUM | NetFeatures::GUEST_TSO4
+            base | NetFeatures::GUEST_CSUM
+                | NetFeatures::GUEST_TSO4
+                | NetFeatures::CSUM
+                | NetFeatures::HOST_TSO4
         } else {
             base
         }
@@ -58,6 +63,10 @@ impl NetFeatures {
         }
         if !features.contains(NetFeatures::GUEST_TSO4) {
             features.remove(NetFeatures::MRG_RXBUF);
+        }
+        // Segmentation needs the device to fill in checksums.
+        if !features.contains(NetFeatures::CSUM) {
+            features.remove(NetFeatures::HOST_TSO4);
         }
         features
     }
