@@ -281,8 +281,10 @@ impl Rings {
                 Some(h) if mergeable => usize::from(h.num_buffers.max(1)),
                 _ => 1,
             };
-            let mut frame = Vec::with_capacity(parts * BUFFER);
-            frame.extend_from_slice(filled.get(HEADER_LEN..).unwrap_or(&[]));
+            let first = filled.get(HEADER_LEN..).unwrap_or(&[]);
+            // Sized for what arrives: most frames are one buffer (an ACK is 60 bytes).
+            let mut frame = Vec::with_capacity(first.len() + (parts - 1) * BUFFER);
+            frame.extend_from_slice(first);
             self.recycle_receive(buffer, frames.len(), room)?;
             // The rest of a frame spread over several buffers: the device completes them
             // together, so each is already in the used ring.
