@@ -306,13 +306,15 @@ pub fn write_threads(out: &mut String) {
 pub fn write_mem(out: &mut String) {
     let _ = writeln!(
         out,
-        "frames: {} free of {} ({} MiB free); heap: {} KiB in use of {} KiB; {} thread stacks pooled",
+        "frames: {} free of {} ({} MiB free); heap: {} KiB in use of {} KiB; {} thread stacks pooled; DMA small blocks: {} in {} pages",
         frames::free_frames(),
         frames::total_frames(),
         (frames::free_frames() * 4096) >> 20,
         heap::bytes_in_use() / 1024,
         heap::bytes_owned() / 1024,
-        crate::mem::stacks::pooled()
+        crate::mem::stacks::pooled(),
+        crate::mem::dma::small_block_usage().0,
+        crate::mem::dma::small_block_usage().1,
     );
 }
 

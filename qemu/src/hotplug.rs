@@ -63,8 +63,14 @@ impl HotplugReport {
     /// The test line's detail: cycles, time per cycle, the counters.
     pub fn summary(&self) -> String {
         let per_cycle = self.total.as_secs_f64() / f64::from(self.cycles.max(1));
+        let dma = match (self.before.dma_small, self.after.dma_small) {
+            (Some((b0, p0)), Some((b1, p1))) => {
+                format!(", small DMA blocks {b0} in {p0} pages -> {b1} in {p1}")
+            }
+            _ => String::new(),
+        };
         format!(
-            "{} cycles, {:.0} ms/cycle (slowest {:.0} ms); frames free {} -> {}, heap {} -> {} KiB; ports {}",
+            "{} cycles, {:.0} ms/cycle (slowest {:.0} ms); frames free {} -> {}, heap {} -> {} KiB{dma}; ports {}",
             self.cycles,
             per_cycle * 1000.0,
             self.slowest.as_secs_f64() * 1000.0,

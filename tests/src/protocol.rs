@@ -234,6 +234,9 @@ pub struct MemStats {
     pub heap_used_kib: u64,
     /// Heap bytes the allocator owns, in KiB.
     pub heap_owned_kib: u64,
+    /// Sub-page DMA blocks in use and the pages holding them (`; DMA small blocks: B in P
+    /// pages`), when the kernel reports them.
+    pub dma_small: Option<(u64, u64)>,
 }
 
 /// Parses the reply to `mem`: `frames: F free of T (...); heap: H KiB in use of O KiB`
@@ -257,11 +260,21 @@ pub fn parse_mem_line(line: &str) -> Option<MemStats> {
         }
         _ => return None,
     };
+    let dma_small = rest.split("; ").find_map(|field| {
+        let words: Vec<&str> = field.split_whitespace().collect();
+        match words.as_slice() {
+            ["DMA", "small", "blocks:", blocks, "in", pages, "pages", ..] => {
+                Some((blocks.parse().ok()?, pages.parse().ok()?))
+            }
+            _ => None,
+        }
+    });
     Some(MemStats {
         frames_free,
         frames_total,
         heap_used_kib,
         heap_owned_kib,
+        dma_small,
     })
 }
 
@@ -389,6 +402,7 @@ mod tests {
             frames_total: 65280,
             heap_used_kib: 812,
             heap_owned_kib: 2048,
+            dma_small: None,
         };
         assert_eq!(
             parse_mem_line(
@@ -409,7 +423,13 @@ mod tests {
                 frames_total: 65406,
                 heap_used_kib: 1037,
                 heap_owned_kib: 4096,
+                dma_small: None,
             })
+        );
+        assert_eq!(
+            parse_mem_line("frames: 63961 free of 65406 (249 MiB free); heap: 1037 KiB in use of 4096 KiB; 3 thread stacks pooled; DMA small blocks: 41 in 9 pages")
+                .and_then(|m| m.dma_small),
+            Some((41, 9))
         );
         for line in [
             "tether> mem",

@@ -221,6 +221,14 @@ impl SubPageAllocator {
     pub fn pages_in_use(&self) -> usize {
         self.pages.len()
     }
+
+    /// Blocks handed out and not freed, over all pages.
+    pub fn blocks_in_use(&self) -> usize {
+        self.pages
+            .values()
+            .map(|p| (Page::full_mask(p.block) & !p.free).count_ones() as usize)
+            .sum()
+    }
 }
 
 fn class_of(block: usize) -> Option<usize> {
@@ -233,6 +241,19 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
     use std::vec::Vec;
+
+    #[test]
+    fn blocks_in_use_counts_every_class() {
+        let mut pool = SubPageAllocator::new();
+        pool.add_page(64, 0x1000).unwrap();
+        pool.add_page(2048, 0x2000).unwrap();
+        let a = pool.alloc(64).unwrap();
+        let _b = pool.alloc(64).unwrap();
+        let _c = pool.alloc(2048).unwrap();
+        assert_eq!((pool.blocks_in_use(), pool.pages_in_use()), (3, 2));
+        pool.free(a, 64).unwrap();
+        assert_eq!((pool.blocks_in_use(), pool.pages_in_use()), (2, 2));
+    }
 
     #[test]
     fn small_buffers_get_power_of_two_blocks_of_at_least_64() {

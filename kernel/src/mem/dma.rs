@@ -82,6 +82,15 @@ pub fn alloc(
     })
 }
 
+/// Sub-page DMA blocks in use and the pages they occupy (for `mem`: blocks of one size share
+/// pages, so the page count can differ with the same blocks in use).
+pub fn small_block_usage() -> (usize, usize) {
+    SUB_PAGES
+        .lock()
+        .as_ref()
+        .map_or((0, 0), |pool| (pool.blocks_in_use(), pool.pages_in_use()))
+}
+
 impl DmaBuffer {
     pub fn phys(&self) -> u64 {
         self.ptr.as_ptr() as u64
