@@ -16,6 +16,7 @@ pub type Case = (&'static str, fn() -> TestResult);
 
 pub static ALL: &[Case] = &[
     ("dma_alignment_and_boundaries", dma_alignment_and_boundaries),
+    ("nic_signals_receive_room", nic_signals_receive_room),
     ("heap_grows_and_returns", heap_grows_and_returns),
     ("spawn_join_reuses_stacks", spawn_join_reuses_stacks),
     ("threads_run_on_every_cpu", threads_run_on_every_cpu),
@@ -827,6 +828,55 @@ fn msi_delivered_from_pci_device() -> TestResult {
         EDU_IRQS.load(Ordering::Relaxed) == 3,
         "{} interrupts for 3 raises",
         EDU_IRQS.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// A driver that asked for receive room hears of it once, when the stack has emptied half the
+/// queue, and not before; without asking it hears nothing.
+fn nic_signals_receive_room() -> TestResult {
+    struct RoomCounter(AtomicUsize);
+    impl crate::net::Transmit for RoomCounter {
+        fn transmit(&self, _frame: &[u8]) -> Result<(), &'static str> {
+            Ok(())
+        }
+        fn rx_room(&self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let nic = crate::net::Nic::unlinked(
+        "room-test".into(),
+        [2, 0, 0, 0, 0, 1],
+        8,
+        tether_netstack::watchdog::Policy::Off,
+    );
+    let driver = Arc::new(RoomCounter(AtomicUsize::new(0)));
+    nic.set_link(driver.clone());
+    let calls = || driver.0.load(Ordering::Relaxed);
+    for _ in 0..8 {
+        nic.deliver(alloc::vec![0u8; 60]);
+    }
+    ensure!(nic.rx_room() == 0, "the queue should be full");
+    nic.want_rx_room();
+    for taken in 1..=3 {
+        ensure!(nic.take_frame().is_some(), "frame {taken} missing");
+        ensure!(
+            calls() == 0,
+            "signalled with {} of 8 still queued",
+            8 - taken
+        );
+    }
+    ensure!(nic.take_frame().is_some(), "frame 4 missing");
+    ensure!(
+        calls() == 1,
+        "not signalled at half empty ({} calls)",
+        calls()
+    );
+    while nic.take_frame().is_some() {}
+    ensure!(
+        calls() == 1,
+        "signalled again without being asked ({} calls)",
+        calls()
     );
     Ok(())
 }

@@ -30,6 +30,10 @@ pub trait Transmit: Send + Sync {
         let _ = fault;
         Err("this driver has no fault injection")
     }
+
+    /// The stack's receive queue has room again after [`Nic::want_rx_room`] (it is half
+    /// empty): the driver may post the buffers it held back. Called from the network thread.
+    fn rx_room(&self) {}
 }
 
 #[derive(Default)]
@@ -158,6 +162,8 @@ pub struct Nic {
     pub wake: Semaphore,
     /// Set when the interface is removed; the network thread then ends.
     pub gone: AtomicBool,
+    /// The driver holds receive buffers back for want of room and wants to hear of some.
+    rx_room_wanted: AtomicBool,
 }
 
 impl Nic {
@@ -178,6 +184,7 @@ impl Nic {
             address: SpinLock::new("net.address", None),
             wake: Semaphore::new(0),
             gone: AtomicBool::new(false),
+            rx_room_wanted: AtomicBool::new(false),
         })
     }
 
@@ -230,7 +237,26 @@ impl Nic {
     }
 
     pub fn take_frame(&self) -> Option<Vec<u8>> {
-        self.rx.lock().pop_front()
+        let mut rx = self.rx.lock();
+        let frame = rx.pop_front();
+        let half_empty = rx.len() <= self.rx_limit / 2;
+        drop(rx);
+        // One relaxed load per frame; the link is only looked up when the driver waits.
+        if half_empty
+            && self.rx_room_wanted.load(Ordering::Relaxed)
+            && self.rx_room_wanted.swap(false, Ordering::AcqRel)
+        {
+            if let Some(link) = self.link() {
+                link.rx_room();
+            }
+        }
+        frame
+    }
+
+    /// The driver withholds receive buffers: [`Transmit::rx_room`] is called once the queue
+    /// is half empty again.
+    pub fn want_rx_room(&self) {
+        self.rx_room_wanted.store(true, Ordering::Release);
     }
 
     pub fn send(&self, frame: &[u8]) {

@@ -92,9 +92,9 @@ const TX_FULL_WAIT_US: u64 = 100_000;
 const IDLE_WAIT_NS: u64 = 1_000_000_000;
 /// The thread's poll period without MSI-X.
 const POLL_NS: u64 = 1_000_000;
-/// While receive buffers are withheld (the stack's queue is full), how often the thread looks
-/// for room again: the stack does not signal the driver when it takes frames.
-const RX_ROOM_POLL_NS: u64 = 1_000_000;
+/// While receive buffers are withheld (the stack's queue is full), the stack wakes the thread
+/// when its queue is half empty (`Nic::want_rx_room`); this only bounds a missed wake.
+const RX_ROOM_POLL_NS: u64 = 100_000_000;
 /// How long a reset waits for the device to acknowledge it.
 const RESET_TIMEOUT_US: u64 = 100_000;
 
@@ -645,6 +645,10 @@ impl Transmit for NetDevice {
         true
     }
 
+    fn rx_room(&self) {
+        self.wakeup.semaphore.up();
+    }
+
     fn inject(&self, fault: Fault) -> Result<(), &'static str> {
         match fault {
             Fault::WedgeTx => self.transport.tx_wedged.store(true, Ordering::Release),
@@ -913,6 +917,14 @@ impl NetDevice {
             }
             for frame in frames.drain(..) {
                 nic.deliver(frame);
+            }
+            if rx_withheld {
+                // Ask first, then look: a frame taken before the request shows in the room
+                // (both go through the queue's lock), one taken after it wakes the thread.
+                nic.want_rx_room();
+                if nic.rx_room() >= RX_QUEUE / 2 {
+                    self.wakeup.semaphore.up();
+                }
             }
             let config_changed = self.wakeup.config_changed.swap(false, Ordering::AcqRel);
             let polled_long_ago =
