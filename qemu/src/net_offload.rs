@@ -198,6 +198,15 @@ fn exercise(q: &mut Instance, netns: &Netns) -> Result<String, String> {
     if bad != 0 {
         return Err(format!("{bad} frames with a bad checksum offset"));
     }
+    // The line ends `N with a bad checksum`: the driver's own check refused nothing.
+    let refused = receive
+        .trim_end()
+        .strip_suffix(" with a bad checksum")
+        .and_then(|rest| rest.rsplit([' ', ',']).next()?.parse::<u64>().ok())
+        .ok_or(format!("no bad-checksum count in `{receive}`"))?;
+    if refused != 0 {
+        return Err(format!("{refused} frames refused for a bad checksum"));
+    }
     let Wait::Found(transmit) = q.wait_for(Instant::now() + Duration::from_secs(10), |l| {
         l.trim_start().starts_with("transmit:") && l.contains("segmented by the device")
     }) else {
@@ -258,7 +267,7 @@ mod tests {
 
     #[test]
     fn counts_are_read_from_the_receive_line() {
-        let line = "  receive: 128 buffers posted, 0 withheld (no room in the stack's queue), 412 frames spanning several, 0 without a header, 3 with a bad checksum offset";
+        let line = "  receive: 128 buffers posted, 0 withheld (no room in the stack's queue), 412 frames spanning several, 0 without a header, 3 with a bad checksum offset, 0 with a bad checksum";
         assert_eq!(number_before(line, " frames spanning several"), Some(412));
         assert_eq!(number_before(line, " with a bad checksum offset"), Some(3));
         assert_eq!(number_before(line, " nothing"), None);

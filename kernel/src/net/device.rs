@@ -5,7 +5,9 @@
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use tether_netstack::smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use tether_netstack::smoltcp::phy::{
+    Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken,
+};
 use tether_netstack::smoltcp::time::Instant;
 
 use super::nic::Nic;
@@ -95,6 +97,14 @@ impl Device for NicDevice<'_> {
         caps.medium = Medium::Ethernet;
         // Larger than Ethernet's when the device segments TCP itself.
         caps.max_transmission_unit = self.nic.max_frame.load(Ordering::Relaxed);
+        if self.nic.rx_checksums_verified.load(Ordering::Relaxed) {
+            // Computed on transmit, not checked again on receive.
+            let checksums = &mut caps.checksum;
+            checksums.ipv4 = Checksum::Tx;
+            checksums.tcp = Checksum::Tx;
+            checksums.udp = Checksum::Tx;
+            checksums.icmpv4 = Checksum::Tx;
+        }
         caps
     }
 }

@@ -155,6 +155,9 @@ pub struct Nic {
     /// The largest frame the driver takes: the Ethernet MTU, or more when the device cuts
     /// large TCP segments itself (virtio-net's HOST_TSO4).
     pub max_frame: AtomicUsize,
+    /// The driver checks every received frame's checksums itself (in its own thread), so the
+    /// stack does not check them again.
+    pub rx_checksums_verified: AtomicBool,
     /// The IPv4 address in use and how it came ("static", "DHCP lease"), for status reports;
     /// None while there is none.
     pub address: SpinLock<Option<(super::Addressing, &'static str)>>,
@@ -181,6 +184,7 @@ impl Nic {
             reset_failing: AtomicBool::new(false),
             tx_queue_capacity: AtomicUsize::new(0),
             max_frame: AtomicUsize::new(ETHERNET_MAX_FRAME),
+            rx_checksums_verified: AtomicBool::new(false),
             address: SpinLock::new("net.address", None),
             wake: Semaphore::new(0),
             gone: AtomicBool::new(false),

@@ -43,7 +43,7 @@ use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::net::nic::ETHERNET_MAX_FRAME;
 use tether_netstack::fault::Fault;
-use tether_netstack::offload::{self, NetHeader, FLAG_NEEDS_CSUM, HEADER_LEN};
+use tether_netstack::offload::{self, NetHeader, FLAG_DATA_VALID, FLAG_NEEDS_CSUM, HEADER_LEN};
 use tether_pci::{PciAddress, PciFunction};
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::PciTransport;
@@ -319,6 +319,12 @@ impl Rings {
                         .fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
+            } else if header.flags & FLAG_DATA_VALID == 0
+                && offload::verify_checksums(&frame).is_err()
+            {
+                // Checked here, in the device's thread, so the busier network thread need not.
+                counters.rx_bad_checksums.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
             if parts > 1 {
                 counters.rx_merged_frames.fetch_add(1, Ordering::Relaxed);
@@ -568,6 +574,8 @@ struct DriverCounters {
     rx_bad_length: AtomicU64,
     /// Received frames dropped because their partial checksum pointed outside them.
     rx_bad_checksum_offsets: AtomicU64,
+    /// Received frames dropped for a wrong checksum (or an IPv4 header that does not hold).
+    rx_bad_checksums: AtomicU64,
     /// Received frames that spanned several buffers (large receive).
     rx_merged_frames: AtomicU64,
     /// Transmissions that found every descriptor in flight and waited.
@@ -674,7 +682,7 @@ pub fn report() -> Vec<String> {
         .map(|d| {
             let rings = d.rings.lock();
             format!(
-                "{}: virtio-net {} interrupts by {}: {} queue, {} config\n  doorbells: {} receive, {} transmit ({} and {} not needed, saved)\n  receive: {} buffers posted, {} withheld (no room in the stack's queue), {} frames spanning several, {} without a header, {} with a bad checksum offset\n  transmit: {} in flight, {} buffers, {} waits for a full queue, {} frames segmented by the device{}",
+                "{}: virtio-net {} interrupts by {}: {} queue, {} config\n  doorbells: {} receive, {} transmit ({} and {} not needed, saved)\n  receive: {} buffers posted, {} withheld (no room in the stack's queue), {} frames spanning several, {} without a header, {} with a bad checksum offset, {} with a bad checksum\n  transmit: {} in flight, {} buffers, {} waits for a full queue, {} frames segmented by the device{}",
                 d.interface,
                 d.address,
                 if d.msix { "MSI-X" } else { "none (polling)" },
@@ -689,6 +697,7 @@ pub fn report() -> Vec<String> {
                 d.counters.rx_merged_frames.load(Ordering::Relaxed),
                 d.counters.rx_bad_length.load(Ordering::Relaxed),
                 d.counters.rx_bad_checksum_offsets.load(Ordering::Relaxed),
+                d.counters.rx_bad_checksums.load(Ordering::Relaxed),
                 rings.tx_in_flight,
                 rings.tx_allocated + rings.tx_segmented_allocated,
                 d.counters.tx_full_waits.load(Ordering::Relaxed),
@@ -761,6 +770,7 @@ fn bring_up(function: &PciFunction, interface: &str) -> Result<Up, String> {
         ETHERNET_MAX_FRAME
     };
     nic.max_frame.store(max_frame, Ordering::Relaxed);
+    nic.rx_checksums_verified.store(true, Ordering::Relaxed);
     let mut rings = Rings {
         raw: Some(raw),
         rx_posted: (0..QUEUE_SIZE).map(|_| None).collect(),
