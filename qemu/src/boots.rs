@@ -472,10 +472,21 @@ pub fn run_net_boot(
     let deadline = Instant::now() + Duration::from_secs(60);
     let result = (|| -> Result<String, String> {
         let mut announced = vec![false; count];
+        // Each interface's name as the kernel announced it (`eth0`).
+        let mut names = vec![String::from("?"); count];
         while announced.contains(&false) {
             match q.wait_for(deadline, |l| l.contains(net::INTERFACE_UP)) {
                 Wait::Found(line) => match boot.announced(&line) {
-                    Some(index) => announced[index] = true,
+                    Some(index) => {
+                        announced[index] = true;
+                        if let Some(name) = line
+                            .split("net: ")
+                            .nth(1)
+                            .and_then(|rest| rest.split(':').next())
+                        {
+                            names[index] = name.to_string();
+                        }
+                    }
                     None => return Err(format!("unexpected announcement `{line}`")),
                 },
                 Wait::Exited(status) => {
@@ -513,8 +524,7 @@ pub fn run_net_boot(
                 .collect()
         });
         let mut figures = Vec::new();
-        for (interface, result) in boot.interfaces.iter().zip(results) {
-            let iface = interface.announces.split(':').next().unwrap_or("?");
+        for (iface, result) in names.iter().zip(results) {
             let seconds = result.map_err(|e| format!("{iface}: {e}"))?;
             figures.push(format!(
                 "{iface} {:.2} s ({:.0} Mbit/s each way)",
@@ -526,7 +536,12 @@ pub fn run_net_boot(
             "{}; {} MiB echoed byte for byte through {}",
             boot.interfaces
                 .iter()
-                .map(|i| i.announces)
+                .zip(&names)
+                .map(|(i, name)| match i.announces.strip_prefix(':') {
+                    // Named by attach order: the name comes from the announcement.
+                    Some(rest) => format!("{name}:{rest}"),
+                    None => i.announces.to_string(),
+                })
                 .collect::<Vec<_>>()
                 .join(", "),
             net::ECHO_BYTES >> 20,

@@ -132,6 +132,23 @@ pub const NET_BOOTS: &[NetBoot] = &[
         ],
         streams: false,
     },
+    // Two usb-net on one controller, each on its network by DHCP. Which one is eth0 depends
+    // on the order they attach, so the leases (one per network) tell them apart.
+    NetBoot {
+        name: "two_usb_nics_echo",
+        cmdline: "",
+        interfaces: &[
+            TestInterface {
+                nic: TestNic::UsbNet,
+                announces: ": DHCP lease 10.0.2.15/24 gateway 10.0.2.2",
+            },
+            TestInterface {
+                nic: TestNic::UsbNet,
+                announces: ": DHCP lease 10.0.3.15/24 gateway 10.0.3.2",
+            },
+        ],
+        streams: false,
+    },
 ];
 
 impl NetBoot {
