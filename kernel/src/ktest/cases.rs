@@ -19,6 +19,10 @@ pub static ALL: &[Case] = &[
     ("nic_signals_receive_room", nic_signals_receive_room),
     ("heap_grows_and_returns", heap_grows_and_returns),
     ("spawn_join_reuses_stacks", spawn_join_reuses_stacks),
+    (
+        "current_thread_survives_migration",
+        current_thread_survives_migration,
+    ),
     ("threads_run_on_every_cpu", threads_run_on_every_cpu),
     ("sleep_duration", sleep_duration),
     ("timeslice_preemption", timeslice_preemption),
@@ -877,6 +881,46 @@ fn nic_signals_receive_room() -> TestResult {
         calls() == 1,
         "signalled again without being asked ({} calls)",
         calls()
+    );
+    Ok(())
+}
+
+/// `sched::current_ref()` names the running thread even when a preemption lands in the middle
+/// of finding it and the thread resumes on the other CPU (it once read the other CPU's thread:
+/// a new thread preempted as it enabled interrupts took another thread's entry and exited).
+/// Each thread makes a reschedule interrupt pending and takes it as interrupts come back on,
+/// right where the lookup starts, while more threads than CPUs keep migrating.
+fn current_thread_survives_migration() -> TestResult {
+    const THREADS: usize = 4;
+    const ROUNDS: u64 = 20_000;
+    let wrong = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let wrong = wrong.clone();
+            Spawn::new(alloc::format!("ktest-migrate{i}")).start(move || {
+                let me = sched::current_ref() as *const sched::thread::Thread;
+                for _ in 0..ROUNDS {
+                    let were_on = interrupts::disable_save();
+                    crate::arch::apic::send_ipi(
+                        cpu::this().apic_id,
+                        crate::arch::apic::RESCHEDULE_VECTOR,
+                    );
+                    interrupts::restore(were_on);
+                    if !core::ptr::eq(sched::current_ref(), me) {
+                        wrong.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        ensure!(h.join_timeout(60_000 * MS), "a thread did not finish");
+    }
+    let wrong = wrong.load(Ordering::Relaxed);
+    ensure!(
+        wrong == 0,
+        "current_ref() named another thread {wrong} times in {} lookups",
+        THREADS as u64 * ROUNDS
     );
     Ok(())
 }

@@ -251,16 +251,26 @@ pub fn exit_current() -> ! {
     unreachable!("an exited thread was scheduled again");
 }
 
+/// The running thread's pointer, read with interrupts off: finding this CPU and reading its
+/// `current` are two loads, and a preemption between them could resume the thread on the
+/// other CPU, whose `current` is another thread. (A new thread preempted as it enabled
+/// interrupts once took that thread's entry, found none, and exited without running.)
+fn current_ptr() -> *const Thread {
+    let were_on = interrupts::disable_save();
+    let ptr = cpu::this().sched.current.load(Ordering::Acquire);
+    interrupts::restore(were_on);
+    ptr
+}
+
 /// The running thread. Valid as long as the caller runs (the scheduler holds a reference).
 pub fn current_ref() -> &'static Thread {
-    let ptr = cpu::this().sched.current.load(Ordering::Acquire);
     // SAFETY: `current` always holds a leaked Arc of the running thread, released only after
-    // this CPU has switched to another thread.
-    unsafe { &*ptr }
+    // its CPU has switched to another thread; the running thread is the same wherever it runs.
+    unsafe { &*current_ptr() }
 }
 
 pub fn current() -> Arc<Thread> {
-    let ptr = cpu::this().sched.current.load(Ordering::Acquire);
+    let ptr = current_ptr();
     // SAFETY: as in current_ref; we add a strong count before making a new Arc from it.
     unsafe {
         Arc::increment_strong_count(ptr);
