@@ -306,7 +306,7 @@ pub fn write_threads(out: &mut String) {
 pub fn write_mem(out: &mut String) {
     let _ = writeln!(
         out,
-        "frames: {} free of {} ({} MiB free); heap: {} KiB in use of {} KiB; {} thread stacks pooled; DMA small blocks: {} in {} pages",
+        "frames: {} free of {} ({} MiB free); heap: {} KiB in use of {} KiB; {} thread stacks pooled; DMA small blocks: {} in {} pages (by size 64..2048: {:?})",
         frames::free_frames(),
         frames::total_frames(),
         (frames::free_frames() * 4096) >> 20,
@@ -315,6 +315,7 @@ pub fn write_mem(out: &mut String) {
         crate::mem::stacks::pooled(),
         crate::mem::dma::small_block_usage().0,
         crate::mem::dma::small_block_usage().1,
+        crate::mem::dma::small_blocks_by_class(),
     );
 }
 

@@ -222,6 +222,17 @@ impl SubPageAllocator {
         self.pages.len()
     }
 
+    /// Blocks in use per size class (64, 128, ..., 2048 bytes).
+    pub fn blocks_by_class(&self) -> [usize; BLOCK_CLASSES] {
+        let mut counts = [0; BLOCK_CLASSES];
+        for page in self.pages.values() {
+            if let Some(class) = class_of(page.block) {
+                counts[class] += (Page::full_mask(page.block) & !page.free).count_ones() as usize;
+            }
+        }
+        counts
+    }
+
     /// Blocks handed out and not freed, over all pages.
     pub fn blocks_in_use(&self) -> usize {
         self.pages

@@ -82,6 +82,14 @@ pub fn alloc(
     })
 }
 
+/// Sub-page DMA blocks in use per size class, 64 to 2048 bytes (for `mem`).
+pub fn small_blocks_by_class() -> [usize; 6] {
+    SUB_PAGES
+        .lock()
+        .as_ref()
+        .map_or([0; 6], |pool| pool.blocks_by_class())
+}
+
 /// Sub-page DMA blocks in use and the pages they occupy (for `mem`: blocks of one size share
 /// pages, so the page count can differ with the same blocks in use).
 pub fn small_block_usage() -> (usize, usize) {
