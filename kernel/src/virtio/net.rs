@@ -758,7 +758,7 @@ fn bring_up(function: &PciFunction, interface: &str) -> Result<Up, String> {
         msix = false;
     }
     let mac = raw.mac_address();
-    let offloads = offload_summary(raw.features());
+    let offloads = offload_summary(raw.features(), setup.offloads);
     let segmenting = raw.features().contains(NetFeatures::HOST_TSO4);
     // The interface (with the watchdog policy of the command line) before the rings, which
     // count into its TX progress.
@@ -827,7 +827,10 @@ fn bring_up(function: &PciFunction, interface: &str) -> Result<Up, String> {
 }
 
 /// The receive offloads in `features`, for the log.
-fn offload_summary(features: NetFeatures) -> &'static str {
+fn offload_summary(features: NetFeatures, wanted: bool) -> &'static str {
+    if !wanted {
+        return "off (offload=off)";
+    }
     let lro = features.contains(NetFeatures::GUEST_TSO4);
     let tso = features.contains(NetFeatures::HOST_TSO4);
     if lro && tso {
