@@ -1420,74 +1420,10 @@ mod tests {
     use alloc::string::ToString;
     use alloc::vec;
 
-    // ----- device-side helpers (what a device would send)
-
-    fn words(ws: &[u32]) -> Vec<u8> {
-        let mut v = Vec::new();
-        for w in ws {
-            put(&mut v, *w);
-        }
-        v
-    }
-
-    fn le(b: &[u8], off: usize) -> u32 {
-        rd(b, off).unwrap()
-    }
-
-    /// INIT_CMPLT exactly as QEMU 7.2 usb-net builds it.
-    fn qemu_init_cmplt(id: u32) -> Vec<u8> {
-        words(&[
-            INITIALIZE_CMPLT,
-            52,
-            id,
-            STATUS_SUCCESS,
-            1,    // MajorVersion
-            0,    // MinorVersion
-            1,    // DeviceFlags: RNDIS_DF_CONNECTIONLESS
-            0,    // Medium 802.3
-            1,    // MaxPacketsPerTransfer
-            1580, // MaxTransferSize = 1514 + 44 + 22
-            0,    // PacketAlignmentFactor
-            0,    // AFListOffset
-            0,    // AFListSize
-        ])
-    }
-
-    /// QUERY_CMPLT as QEMU builds it: offset 16 from RequestId when there is data, else 0.
-    fn query_cmplt(id: u32, status: u32, info: &[u8]) -> Vec<u8> {
-        let off = if info.is_empty() { 0 } else { 16 };
-        let mut v = words(&[
-            QUERY_CMPLT,
-            (24 + info.len()) as u32,
-            id,
-            status,
-            info.len() as u32,
-            off,
-        ]);
-        v.extend_from_slice(info);
-        v
-    }
-
-    fn set_cmplt(id: u32, status: u32) -> Vec<u8> {
-        words(&[SET_CMPLT, 16, id, status])
-    }
-
-    fn reset_cmplt(status: u32, addressing_reset: u32) -> Vec<u8> {
-        words(&[RESET_CMPLT, 16, status, addressing_reset])
-    }
-
-    fn indicate(status: u32, buf: &[u8]) -> Vec<u8> {
-        let off = if buf.is_empty() { 0 } else { 12 };
-        let mut v = words(&[
-            INDICATE_STATUS_MSG,
-            (20 + buf.len()) as u32,
-            status,
-            buf.len() as u32,
-            off,
-        ]);
-        v.extend_from_slice(buf);
-        v
-    }
+    // Device-side messages (what a device would send).
+    use crate::tests::rndis_device::{
+        indicate, init_cmplt, le, query_cmplt, reset_cmplt, set_cmplt, words,
+    };
 
     const MAC: [u8; 6] = [0x40, 0x54, 0x00, 0x12, 0x34, 0x56];
 
@@ -1550,7 +1486,7 @@ mod tests {
 
     #[test]
     fn qemu_init_cmplt_parses() {
-        let ic = parse_initialize_cmplt(&qemu_init_cmplt(1), 1).unwrap();
+        let ic = parse_initialize_cmplt(&init_cmplt(1, STATUS_SUCCESS), 1).unwrap();
         assert_eq!(
             ic,
             InitComplete {
@@ -1567,7 +1503,7 @@ mod tests {
 
     #[test]
     fn init_cmplt_rejections() {
-        let good = qemu_init_cmplt(1);
+        let good = init_cmplt(1, STATUS_SUCCESS);
         let with = |off: usize, v: u32| {
             let mut m = good.clone();
             m[off..off + 4].copy_from_slice(&v.to_le_bytes());
@@ -1823,7 +1759,7 @@ mod tests {
     #[test]
     fn every_parser_truncated_at_every_byte() {
         let msgs: Vec<Vec<u8>> = vec![
-            qemu_init_cmplt(1),
+            init_cmplt(1, STATUS_SUCCESS),
             query_cmplt(1, 0, &MAC),
             set_cmplt(1, 0),
             words(&[KEEPALIVE_CMPLT, 16, 1, 0]),
@@ -1860,7 +1796,7 @@ mod tests {
         assert_ne!(id, 0);
         assert_eq!(s.state(), SessionState::Initializing);
 
-        let SessionEvent::Send(q) = s.on_response(&qemu_init_cmplt(id)).unwrap() else {
+        let SessionEvent::Send(q) = s.on_response(&init_cmplt(id, STATUS_SUCCESS)).unwrap() else {
             panic!()
         };
         assert_eq!(s.state(), SessionState::QueryingMac);
@@ -1933,7 +1869,7 @@ mod tests {
         );
         // Stale completion: refused, state kept; the right one still works.
         assert!(matches!(
-            s.on_response(&qemu_init_cmplt(id.wrapping_sub(1))),
+            s.on_response(&init_cmplt(id.wrapping_sub(1), STATUS_SUCCESS)),
             Err(RndisError::BadField {
                 field: Field::RequestId,
                 ..
@@ -1948,7 +1884,7 @@ mod tests {
             })
         ));
         assert!(matches!(
-            s.on_response(&qemu_init_cmplt(id)),
+            s.on_response(&init_cmplt(id, STATUS_SUCCESS)),
             Ok(SessionEvent::Send(_))
         ));
         assert_eq!(
@@ -1962,14 +1898,14 @@ mod tests {
     fn session_failures_during_init() {
         let mut s = RndisSession::default();
         let id = le(&s.start(), 8);
-        let mut m = qemu_init_cmplt(id);
+        let mut m = init_cmplt(id, STATUS_SUCCESS);
         m[12..16].copy_from_slice(&STATUS_FAILURE.to_le_bytes());
         let e = s.on_response(&m).unwrap_err();
         assert!(e.to_string().contains("RNDIS_STATUS_FAILURE"), "{e}");
         assert_eq!(s.state(), SessionState::Failed);
         // A fresh start recovers.
         let id = le(&s.start(), 8);
-        let SessionEvent::Send(q) = s.on_response(&qemu_init_cmplt(id)).unwrap() else {
+        let SessionEvent::Send(q) = s.on_response(&init_cmplt(id, STATUS_SUCCESS)).unwrap() else {
             panic!()
         };
         // A broadcast MAC is refused and fails the session.
@@ -1980,13 +1916,13 @@ mod tests {
         assert!(!s.awaiting_response());
         // Medium other than 802.3 is fatal.
         let id = le(&s.start(), 8);
-        let mut m = qemu_init_cmplt(id);
+        let mut m = init_cmplt(id, STATUS_SUCCESS);
         m[28..32].copy_from_slice(&1u32.to_le_bytes());
         assert!(s.on_response(&m).is_err());
         assert_eq!(s.state(), SessionState::Failed);
         // Max frame 0 is fatal.
         let id = le(&s.start(), 8);
-        let SessionEvent::Send(q) = s.on_response(&qemu_init_cmplt(id)).unwrap() else {
+        let SessionEvent::Send(q) = s.on_response(&init_cmplt(id, STATUS_SUCCESS)).unwrap() else {
             panic!()
         };
         let SessionEvent::Send(q) = s.on_response(&query_cmplt(le(&q, 8), 0, &MAC)).unwrap() else {
@@ -1998,7 +1934,7 @@ mod tests {
         assert_eq!(s.state(), SessionState::Failed);
         // Filter refused.
         let id = le(&s.start(), 8);
-        let SessionEvent::Send(q) = s.on_response(&qemu_init_cmplt(id)).unwrap() else {
+        let SessionEvent::Send(q) = s.on_response(&init_cmplt(id, STATUS_SUCCESS)).unwrap() else {
             panic!()
         };
         let SessionEvent::Send(q) = s.on_response(&query_cmplt(le(&q, 8), 0, &MAC)).unwrap() else {
@@ -2102,7 +2038,7 @@ mod tests {
         };
         let a = le(&s.start(), 8);
         assert_eq!(a, u32::MAX);
-        let SessionEvent::Send(q) = s.on_response(&qemu_init_cmplt(a)).unwrap() else {
+        let SessionEvent::Send(q) = s.on_response(&init_cmplt(a, STATUS_SUCCESS)).unwrap() else {
             panic!()
         };
         assert_eq!(le(&q, 8), 1);
@@ -2566,7 +2502,7 @@ mod tests {
             }
             // Mutated control responses too.
             let mut c = match iter % 4 {
-                0 => qemu_init_cmplt(1),
+                0 => init_cmplt(1, STATUS_SUCCESS),
                 1 => query_cmplt(1, 0, &MAC),
                 2 => indicate(STATUS_MEDIA_CONNECT, &[1, 2, 3, 4]),
                 _ => reset_cmplt(0, 1),

@@ -8,6 +8,7 @@ mod matching;
 mod qemu;
 mod request;
 mod rndis_channel;
+pub(crate) mod rndis_device;
 mod rndis_function;
 mod speed;
 

@@ -9,55 +9,11 @@ use crate::host::TransferError;
 use crate::rndis::*;
 use crate::rndis_channel::*;
 
+use super::rndis_device::{
+    indicate, init_cmplt, keepalive as device_keepalive, le, query_cmplt, words,
+};
+
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-
-fn words(ws: &[u32]) -> Vec<u8> {
-    ws.iter().flat_map(|w| w.to_le_bytes()).collect()
-}
-
-fn le(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-fn init_cmplt(id: u32, status: u32) -> Vec<u8> {
-    words(&[
-        INITIALIZE_CMPLT,
-        52,
-        id,
-        status,
-        1,
-        0,
-        1,
-        0,
-        1,
-        1580,
-        0,
-        0,
-        0,
-    ])
-}
-
-fn query_cmplt(id: u32, status: u32, info: &[u8]) -> Vec<u8> {
-    let offset = if info.is_empty() { 0 } else { 16 };
-    let mut v = words(&[
-        QUERY_CMPLT,
-        (24 + info.len()) as u32,
-        id,
-        status,
-        info.len() as u32,
-        offset,
-    ]);
-    v.extend_from_slice(info);
-    v
-}
-
-fn indicate(status: u32) -> Vec<u8> {
-    words(&[INDICATE_STATUS_MSG, 20, status, 0, 0])
-}
-
-fn device_keepalive(id: u32) -> Vec<u8> {
-    words(&[KEEPALIVE_MSG, 12, id])
-}
 
 /// A device on the other end of the control pipe, with a clock the channel's sleeps advance.
 struct FakeDevice {
@@ -216,8 +172,8 @@ fn device_messages_while_waiting_are_handled() {
     let mut device = FakeDevice::qemu();
     device.before_answer = vec![
         device_keepalive(0x77),
-        indicate(STATUS_MEDIA_DISCONNECT),
-        indicate(0x4001_0012), // some other status, ignored
+        indicate(STATUS_MEDIA_DISCONNECT, &[]),
+        indicate(0x4001_0012, &[]), // some other status, ignored
     ];
     let mut channel = ready(device);
     assert_eq!(channel.counters.device_keepalives, 4);
@@ -315,7 +271,9 @@ fn transfer_errors_are_reported_with_the_step() {
 fn drain_reads_until_nothing_and_stops_on_a_flood() {
     let mut channel = ready(FakeDevice::qemu());
     let device = channel.transport_mut();
-    device.queued.push_back(indicate(STATUS_MEDIA_DISCONNECT));
+    device
+        .queued
+        .push_back(indicate(STATUS_MEDIA_DISCONNECT, &[]));
     device.queued.push_back(device_keepalive(5));
     device
         .queued
@@ -326,7 +284,7 @@ fn drain_reads_until_nothing_and_stops_on_a_flood() {
     assert_eq!(channel.counters.responses_dropped, 1);
     assert!(channel.transport().queued.is_empty());
 
-    channel.transport_mut().flood = Some(indicate(STATUS_MEDIA_CONNECT));
+    channel.transport_mut().flood = Some(indicate(STATUS_MEDIA_CONNECT, &[]));
     let before = channel.counters.indications;
     channel.drain().unwrap();
     assert_eq!(
