@@ -25,9 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tether_tests::hotplug;
 
 const TOKEN: &str = "bench";
-const MAC: &str = "52:54:00:12:34:56";
 const MESSAGE: usize = 32;
 
 /// A load from the seed.
@@ -317,7 +317,7 @@ fn boot(
             "-netdev",
             &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:7"),
             "-device",
-            &format!("usb-net,bus=xhci.0,netdev=n0,id=usbnet0,mac={MAC}"),
+            &hotplug::device_add_text(),
         ]
         .map(String::from),
     );
@@ -484,7 +484,7 @@ fn measure_unplug(kernel: &std::path::Path, options: &RecoveryOptions) -> Result
     let mut qmp = bench.q.connect_qmp(Duration::from_secs(10))?;
     let traffic = Traffic::start(bench.port, Load::Busy)?;
     std::thread::sleep(Duration::from_secs(3));
-    qmp.device_del("usbnet0")?;
+    qmp.device_del(hotplug::DEVICE_ID)?;
     if bench
         .line("usb: detached", Duration::from_secs(20))
         .is_none()
@@ -493,15 +493,7 @@ fn measure_unplug(kernel: &std::path::Path, options: &RecoveryOptions) -> Result
     }
     std::thread::sleep(Duration::from_secs(1));
     let added_at = Instant::now();
-    qmp.device_add(
-        "usb-net",
-        &[
-            ("bus", "xhci.0"),
-            ("netdev", "n0"),
-            ("id", "usbnet0"),
-            ("mac", MAC),
-        ],
-    )?;
+    qmp.device_add(hotplug::DEVICE_DRIVER, hotplug::DEVICE_PROPS)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let moving = loop {
         if let Some(at) = traffic.moved_after(added_at) {

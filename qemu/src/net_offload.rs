@@ -21,6 +21,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use tether_tests::iperf3 as spec;
+use tether_tests::net::number_before;
 
 /// The test's name under `net::`.
 pub const NAME: &str = "virtio_tap_offloads";
@@ -29,15 +30,7 @@ const HOST: &str = "198.18.5.1";
 const GUEST: &str = "198.18.5.2";
 const ECHO_BYTES: usize = 8 << 20;
 /// A stock client for 3 s, host to guest: what large receive speeds up.
-const IPERF3_RUN: spec::ClientRun = spec::ClientRun {
-    name: NAME,
-    args: &["-t", "3"],
-    streams: 1,
-    reverse: false,
-    bytes: None,
-    server_output: false,
-    busy_probe: false,
-};
+const IPERF3_RUN: spec::ClientRun = spec::ClientRun::one_stream(NAME, &["-t", "3"], false);
 
 /// A private namespace with the tap device; removed when dropped.
 struct Netns(String);
@@ -188,22 +181,18 @@ fn exercise(q: &mut Instance, netns: &Netns) -> Result<String, String> {
     }) else {
         return Err("no `virtio` receive line".into());
     };
-    let merged = number_before(&receive, " frames spanning several")
-        .ok_or(format!("no merged count in `{receive}`"))?;
-    let bad = number_before(&receive, " with a bad checksum offset")
-        .ok_or(format!("no bad-offset count in `{receive}`"))?;
+    let count = |line: &str, what: &str| {
+        number_before(line, what).ok_or(format!("no `{what}` count in `{line}`"))
+    };
+    let merged = count(&receive, " frames spanning several")?;
+    let bad = count(&receive, " with a bad checksum offset")?;
+    let refused = count(&receive, " refused for a bad checksum")?;
     if merged == 0 {
         return Err(format!("no frame spanned several buffers: `{receive}`"));
     }
     if bad != 0 {
         return Err(format!("{bad} frames with a bad checksum offset"));
     }
-    // The line ends `N with a bad checksum`: the driver's own check refused nothing.
-    let refused = receive
-        .trim_end()
-        .strip_suffix(" with a bad checksum")
-        .and_then(|rest| rest.rsplit([' ', ',']).next()?.parse::<u64>().ok())
-        .ok_or(format!("no bad-checksum count in `{receive}`"))?;
     if refused != 0 {
         return Err(format!("{refused} frames refused for a bad checksum"));
     }
@@ -212,8 +201,7 @@ fn exercise(q: &mut Instance, netns: &Netns) -> Result<String, String> {
     }) else {
         return Err("no `virtio` transmit line".into());
     };
-    let segmented = number_before(&transmit, " frames segmented by the device")
-        .ok_or(format!("no segmented count in `{transmit}`"))?;
+    let segmented = count(&transmit, " frames segmented by the device")?;
     if segmented == 0 {
         return Err(format!(
             "no frame was handed over for segmentation: `{transmit}`"
@@ -222,17 +210,6 @@ fn exercise(q: &mut Instance, netns: &Netns) -> Result<String, String> {
     Ok(format!(
         "{echo}; iperf3 {iperf3}; {merged} frames spanned several receive buffers, {segmented} were sent for the device to segment"
     ))
-}
-
-/// The number just before `word` in `line`.
-fn number_before(line: &str, word: &str) -> Option<u64> {
-    let end = line.find(word)?;
-    line[..end]
-        .trim_end()
-        .rsplit([' ', ','])
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// `__echo-client ADDRESS BYTES`: random bytes through the echo service at ADDRESS, compared
@@ -263,13 +240,14 @@ pub fn echo_client_main(args: &[String]) -> i32 {
 
 #[cfg(test)]
 mod tests {
-    use super::number_before;
+    use tether_tests::net::number_before;
 
     #[test]
     fn counts_are_read_from_the_receive_line() {
-        let line = "  receive: 128 buffers posted, 0 withheld (no room in the stack's queue), 412 frames spanning several, 0 without a header, 3 with a bad checksum offset, 0 with a bad checksum";
+        let line = "  receive: 128 buffers posted, 0 withheld (no room in the stack's queue), 412 frames spanning several, 0 without a header, 3 with a bad checksum offset, 0 refused for a bad checksum";
         assert_eq!(number_before(line, " frames spanning several"), Some(412));
         assert_eq!(number_before(line, " with a bad checksum offset"), Some(3));
+        assert_eq!(number_before(line, " refused for a bad checksum"), Some(0));
         assert_eq!(number_before(line, " nothing"), None);
     }
 }

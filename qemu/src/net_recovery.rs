@@ -15,6 +15,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tether_tests::hotplug;
 use tether_tests::iperf3::ClientRun;
 
 /// The boot token these tests use.
@@ -82,7 +83,7 @@ impl Nics {
                 "-netdev".into(),
                 services,
                 "-device".into(),
-                format!("usb-net,bus=xhci.0,netdev=n0,id=usbnet0,mac={MAC}"),
+                hotplug::device_add_text(),
             ],
             Nics::Virtio => vec![
                 "-netdev".into(),
@@ -364,15 +365,7 @@ fn queue_full_drops(line: &str) -> Option<u64> {
 
 /// An iperf3 run over the virtio interface for the isolation test.
 const fn isolation_run(name: &'static str) -> ClientRun {
-    ClientRun {
-        name,
-        args: &["-t", "5"],
-        streams: 1,
-        reverse: false,
-        bytes: None,
-        server_output: false,
-        busy_probe: false,
-    }
+    ClientRun::one_stream(name, &["-t", "5"], false)
 }
 const ISOLATION_BASELINE: ClientRun = isolation_run("nic_isolation_baseline");
 const ISOLATION_DURING: ClientRun = isolation_run("nic_isolation_during_wedge");
@@ -583,21 +576,13 @@ pub fn run_unplug_test(kernel: &Path, settings: &BootSettings) -> TestOutcome {
             .map_err(|e| format!("QMP: {e:#}"))?;
         let traffic = Traffic::start(echo, Load::Busy).map_err(|e| format!("{e:#}"))?;
         std::thread::sleep(Duration::from_secs(2));
-        qmp.device_del("usbnet0")
+        qmp.device_del(hotplug::DEVICE_ID)
             .map_err(|e| format!("device_del: {e:#}"))?;
         line(q, "usb: detached", Duration::from_secs(20))?;
         std::thread::sleep(Duration::from_millis(500));
         let added = Instant::now();
-        qmp.device_add(
-            "usb-net",
-            &[
-                ("bus", "xhci.0"),
-                ("netdev", "n0"),
-                ("id", "usbnet0"),
-                ("mac", MAC),
-            ],
-        )
-        .map_err(|e| format!("device_add: {e:#}"))?;
+        qmp.device_add(hotplug::DEVICE_DRIVER, hotplug::DEVICE_PROPS)
+            .map_err(|e| format!("device_add: {e:#}"))?;
         line(
             q,
             "eth0: device back, interface kept",

@@ -61,24 +61,8 @@ pub fn virtio_machine_args(host_port: u16) -> Vec<String> {
 
 /// The client runs over virtio-net: both directions.
 pub const VIRTIO_RUNS: [ClientRun; 2] = [
-    ClientRun {
-        name: "iperf3_virtio_forward",
-        args: &["-t", "3"],
-        streams: 1,
-        reverse: false,
-        bytes: None,
-        server_output: false,
-        busy_probe: false,
-    },
-    ClientRun {
-        name: "iperf3_virtio_reverse",
-        args: &["-t", "3", "-R"],
-        streams: 1,
-        reverse: true,
-        bytes: None,
-        server_output: false,
-        busy_probe: false,
-    },
+    ClientRun::one_stream("iperf3_virtio_forward", &["-t", "3"], false),
+    ClientRun::one_stream("iperf3_virtio_reverse", &["-t", "3", "-R"], true),
 ];
 
 /// One run of the stock client.
@@ -100,6 +84,25 @@ pub struct ClientRun {
     pub busy_probe: bool,
 }
 
+impl ClientRun {
+    /// One stream for as long as `args` say, nothing else checked.
+    pub const fn one_stream(
+        name: &'static str,
+        args: &'static [&'static str],
+        reverse: bool,
+    ) -> ClientRun {
+        ClientRun {
+            name,
+            args,
+            streams: 1,
+            reverse,
+            bytes: None,
+            server_output: false,
+            busy_probe: false,
+        }
+    }
+}
+
 /// The client runs, in order, after the malformed exchanges.
 pub const CLIENT_RUNS: [ClientRun; 5] = [
     ClientRun {
@@ -111,15 +114,7 @@ pub const CLIENT_RUNS: [ClientRun; 5] = [
         server_output: true,
         busy_probe: true,
     },
-    ClientRun {
-        name: "iperf3_reverse",
-        args: &["-t", "3", "-R"],
-        streams: 1,
-        reverse: true,
-        bytes: None,
-        server_output: false,
-        busy_probe: false,
-    },
+    ClientRun::one_stream("iperf3_reverse", &["-t", "3", "-R"], true),
     ClientRun {
         name: "iperf3_parallel",
         args: &["-t", "3", "-P", "4"],

@@ -223,7 +223,7 @@ impl VirtioCounters {
 }
 
 /// The number just before `word` in `line` (` queue` in `...: 253 queue` gives 253).
-fn number_before(line: &str, word: &str) -> Option<u64> {
+pub fn number_before(line: &str, word: &str) -> Option<u64> {
     let end = line.find(word)?;
     line[..end]
         .trim_end()

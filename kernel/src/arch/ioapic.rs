@@ -88,25 +88,22 @@ pub fn route(
 
 /// Unmasks `gsi` (routed before with [`route`]).
 pub fn unmask(gsi: u32) {
-    let apics = IOAPICS.lock();
-    if let Some(apic) = apics
-        .iter()
-        .find(|a| gsi >= a.gsi_base && gsi < a.gsi_base + a.entries)
-    {
-        let reg = 0x10 + 2 * (gsi - apic.gsi_base);
-        let low = apic.read(reg);
-        apic.write(reg, low & !(1 << 16));
-    }
+    set_mask(gsi, false);
 }
 
 pub fn mask(gsi: u32) {
+    set_mask(gsi, true);
+}
+
+/// Sets or clears the mask bit (16) of `gsi`'s redirection entry.
+fn set_mask(gsi: u32, masked: bool) {
     let apics = IOAPICS.lock();
     if let Some(apic) = apics
         .iter()
         .find(|a| gsi >= a.gsi_base && gsi < a.gsi_base + a.entries)
     {
         let reg = 0x10 + 2 * (gsi - apic.gsi_base);
-        let low = apic.read(reg);
-        apic.write(reg, low | (1 << 16));
+        let low = apic.read(reg) & !(1 << 16);
+        apic.write(reg, low | (u32::from(masked) << 16));
     }
 }

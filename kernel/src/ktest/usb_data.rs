@@ -78,18 +78,24 @@ impl Receiver {
     }
 }
 
-pub fn usb_bulk_stall() -> TestResult {
-    // This test drives the device's pipes itself.
+/// Starts USB with no class driver bound (the test drives the device itself), waits for
+/// enumeration and returns QEMU's usb-net.
+pub(super) fn usb_net_unbound() -> Result<usb::registry::DeviceRecord, String> {
     usb::driver::set_binding(false);
     usb::start();
     ensure!(
         usb::registry::wait_settled(30_000_000_000),
         "USB enumeration did not settle"
     );
-    let record = usb::registry::devices()
+    usb::registry::devices()
         .into_iter()
         .find(|d| d.vendor_id == 0x0525 && d.product_id == 0xa4a2)
-        .ok_or_else(|| String::from("no usb-net device"))?;
+        .ok_or_else(|| String::from("no usb-net device"))
+}
+
+pub fn usb_bulk_stall() -> TestResult {
+    // This test drives the device's pipes itself.
+    let record = usb_net_unbound()?;
     let controller = record.access.controller.clone();
     let device = record.access.device.clone();
     let mut hc = controller.clone();

@@ -18,9 +18,9 @@ use tether_usb::rndis::{receive_transfer, RndisRxStats, SessionEvent, PACKET_HEA
 
 use super::{ensure, TestResult};
 use crate::net::Transmit;
+use crate::time;
 use crate::usb::bulknic::{BulkRx, BulkTx};
 use crate::usb::rndis::{self, RndisFraming};
-use crate::{time, usb};
 
 const IDENT: u16 = 0x6464;
 const MS_US: u64 = 1000;
@@ -116,16 +116,7 @@ fn ping(
 
 pub fn usb_rndis_lengths() -> TestResult {
     // This test drives the device itself, through the RNDIS driver's pieces.
-    usb::driver::set_binding(false);
-    usb::start();
-    ensure!(
-        usb::registry::wait_settled(30_000_000_000),
-        "USB enumeration did not settle"
-    );
-    let record = usb::registry::devices()
-        .into_iter()
-        .find(|d| d.vendor_id == 0x0525 && d.product_id == 0xa4a2)
-        .ok_or_else(|| String::from("no usb-net device"))?;
+    let record = super::usb_data::usb_net_unbound()?;
     let mut link = rndis::open(&record.access.controller, &record.access.device)?;
     let info = link.info;
     ensure!(

@@ -682,7 +682,7 @@ pub fn report() -> Vec<String> {
         .map(|d| {
             let rings = d.rings.lock();
             format!(
-                "{}: virtio-net {} interrupts by {}: {} queue, {} config\n  doorbells: {} receive, {} transmit ({} and {} not needed, saved)\n  receive: {} buffers posted, {} withheld (no room in the stack's queue), {} frames spanning several, {} without a header, {} with a bad checksum offset, {} with a bad checksum\n  transmit: {} in flight, {} buffers, {} waits for a full queue, {} frames segmented by the device{}",
+                "{}: virtio-net {} interrupts by {}: {} queue, {} config\n  doorbells: {} receive, {} transmit ({} and {} not needed, saved)\n  receive: {} buffers posted, {} withheld (no room in the stack's queue), {} frames spanning several, {} without a header, {} with a bad checksum offset, {} refused for a bad checksum\n  transmit: {} in flight, {} buffers, {} waits for a full queue, {} frames segmented by the device{}",
                 d.interface,
                 d.address,
                 if d.msix { "MSI-X" } else { "none (polling)" },
