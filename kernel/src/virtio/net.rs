@@ -281,6 +281,11 @@ impl Rings {
                 Some(h) if mergeable => usize::from(h.num_buffers.max(1)),
                 _ => 1,
             };
+            if parts > RX_BUFFERS {
+                // The count is the device's word: no frame spans more buffers than are posted.
+                self.recycle_receive(buffer, frames.len(), room)?;
+                return Err(format!("a frame of {parts} buffers, {RX_BUFFERS} posted"));
+            }
             let first = filled.get(HEADER_LEN..).unwrap_or(&[]);
             // Sized for what arrives: most frames are one buffer (an ACK is 60 bytes).
             let mut frame = Vec::with_capacity(first.len() + (parts - 1) * BUFFER);
