@@ -616,11 +616,13 @@ pub fn run_link_down_test(kernel: &Path, settings: &BootSettings) -> TestOutcome
             .map_err(|e| format!("set_link off: {e:#}"))?;
         let down = Instant::now();
         std::thread::sleep(Duration::from_secs(3));
+        // Taken before the command: QEMU brings the link up before it answers, and a
+        // retransmission can come back while the answer is on its way.
+        let back = Instant::now();
         qmp.set_link("n0", true)
             .map_err(|e| format!("set_link on: {e:#}"))?;
-        let back = Instant::now();
         // The link really was down: nothing came back from half a second after `off` (what was
-        // in flight may still arrive) until `on`.
+        // in flight may still arrive) until `on` was sent.
         if let Some(at) = traffic
             .moved_after(down + Duration::from_millis(500))
             .filter(|at| *at < back)
