@@ -26,6 +26,12 @@ USAGE (from the repository, through cargo):
                                                  light); time to detection, to the first frame
                                                  after the reset, to TCP moving; then an
                                                  unplug/replug under load
+    cargo run --release -- profile [--gdb ADDR] [--samples N] [--interval MS] [--top N]
+                                   [--kernel ELF]
+                                                 sample a running Tether's vCPUs through QEMU's
+                                                 gdbstub (boot it with `--qemu-arg -s`; ADDR
+                                                 default tcp::1234, or unix:PATH), 200 stops
+                                                 150 ms apart; samples per kernel function
 
 RUN OPTIONS:
     --boot pvh|bios|uefi     pvh: QEMU loads the ELF (-kernel, default); bios: the ISO under
@@ -143,6 +149,8 @@ pub enum Cli {
     BenchNet(crate::bench_net::NetBenchOptions),
     /// Recovery benchmark.
     BenchRecovery(crate::bench_recovery::RecoveryOptions),
+    /// Sampling profiler through QEMU's gdbstub.
+    Profile(crate::profile::ProfileOptions),
     /// Print usage.
     Help,
 }
@@ -218,6 +226,25 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
                 verbose,
                 kernel,
             })
+        }
+        "profile" => {
+            let mut options = crate::profile::ProfileOptions::default();
+            while let Some(flag) = rest.next_flag()? {
+                match flag {
+                    "--gdb" => {
+                        options.stub = crate::profile::StubAddress::parse(rest.value(flag)?)?
+                    }
+                    "--samples" => options.samples = rest.number(flag)?.max(1),
+                    "--interval" => {
+                        options.interval =
+                            std::time::Duration::from_millis(rest.number(flag)?.into())
+                    }
+                    "--kernel" => options.kernel = rest.value(flag)?.into(),
+                    "--top" => options.top = rest.number(flag)? as usize,
+                    _ => return Err(rest.unknown(flag, "profile")),
+                }
+            }
+            Ok(Cli::Profile(options))
         }
         "help" | "--help" | "-h" => Ok(Cli::Help),
         other => Err(format!("unknown command {other:?}; try `help`")),
@@ -411,6 +438,24 @@ mod tests {
     fn no_arguments_runs_with_defaults() {
         assert_eq!(parse_str(""), Ok(Cli::Run(RunOptions::default())));
         assert_eq!(parse_str("--smp 4"), parse_str("run --smp 4"));
+    }
+
+    #[test]
+    fn profile_options() {
+        let Ok(Cli::Profile(o)) =
+            parse_str("profile --gdb unix:/tmp/g --samples 50 --interval 20 --top 5 --kernel k")
+        else {
+            panic!()
+        };
+        assert_eq!(o.stub, crate::profile::StubAddress::Unix("/tmp/g".into()));
+        assert_eq!((o.samples, o.interval.as_millis(), o.top), (50, 20, 5));
+        assert_eq!(o.kernel, std::path::PathBuf::from("k"));
+        assert_eq!(
+            parse_str("profile"),
+            Ok(Cli::Profile(crate::profile::ProfileOptions::default()))
+        );
+        assert!(parse_str("profile --gdb tcp::x").is_err());
+        assert!(parse_str("profile --fast").is_err());
     }
 
     #[test]

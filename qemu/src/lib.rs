@@ -38,6 +38,7 @@ pub mod net_recovery;
 pub mod paths;
 pub mod pool;
 pub mod preset;
+pub mod profile;
 pub mod qmp;
 pub mod report;
 pub mod run;

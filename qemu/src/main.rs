@@ -1,7 +1,7 @@
 //! `tether`: the runner behind `cargo run`. See `tether help`.
 
 use std::process::ExitCode;
-use tether_qemu::{bench, bench_net, bench_recovery, cli, run, test_run};
+use tether_qemu::{bench, bench_net, bench_recovery, cli, profile, run, test_run};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         } => bench::bench_boot(boots, verbose, kernel.as_deref()).map(|()| 0),
         cli::Cli::BenchNet(options) => bench_net::bench_net(&options).map(|()| 0),
         cli::Cli::BenchRecovery(options) => bench_recovery::bench_recovery(&options).map(|()| 0),
+        cli::Cli::Profile(options) => profile::profile_command(&options).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

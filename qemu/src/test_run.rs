@@ -11,6 +11,7 @@ use crate::net_offload;
 use crate::net_recovery;
 use crate::paths;
 use crate::pool;
+use crate::profile;
 use crate::report::{TestOutcome, Totals};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -175,6 +176,7 @@ fn run_boots(kernel: &Path, options: &TestOptions, totals: &mut Totals) {
             net_recovery::run_virtio_wedge_test,
         ),
         BootJob::Recovery(net_offload::NAME, net_offload::run_offload_test),
+        BootJob::Recovery(profile::TEST_NAME, profile::run_profile_test),
     ]);
     shared.push(BootJob::NetIperf3);
     shared.push(BootJob::NetIperf3Virtio);
