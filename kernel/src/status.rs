@@ -95,6 +95,11 @@ pub const INTERFACE_COUNTERS: &[Counter<NicCounters>] = &[
         help: "Times a device (re)bound to the interface.",
         read: |c| c.links.load(Ordering::Relaxed),
     },
+    Counter {
+        name: "stack_passes",
+        help: "Passes of the interface's thread through the network stack and the services.",
+        read: |c| c.stack_passes.load(Ordering::Relaxed),
+    },
 ];
 
 /// The counters of a USB pipe (tether_xhci's per-pipe counters).

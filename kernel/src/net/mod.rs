@@ -209,6 +209,7 @@ fn run(nic: Arc<Nic>, addressing: Option<Addressing>) {
     let tick_us = watchdog_interval_us();
     let mut next_tick = time::now_us() + tick_us;
     while !nic.gone.load(Ordering::Acquire) {
+        nic.counters.stack_passes.fetch_add(1, Ordering::Relaxed);
         iface.poll(now(), &mut device, &mut sockets);
         if let Some(handle) = dhcp {
             match sockets.get_mut::<dhcpv4::Socket>(handle).poll() {

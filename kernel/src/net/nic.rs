@@ -61,6 +61,9 @@ pub struct NicCounters {
     pub reset_failures: AtomicU64,
     /// Times a device (re)bound to this interface.
     pub links: AtomicU64,
+    /// Passes of the interface's thread through the stack and the services: received frames
+    /// per pass say how well the per-pass work (every socket's egress and timers) is shared.
+    pub stack_passes: AtomicU64,
 }
 
 /// The TX watchdog's inputs, kept by the driver: frames handed to the device and not yet
@@ -161,7 +164,8 @@ pub struct Nic {
     /// The IPv4 address in use and how it came ("static", "DHCP lease"), for status reports;
     /// None while there is none.
     pub address: SpinLock<Option<(super::Addressing, &'static str)>>,
-    /// Wakes the interface's network thread (a frame arrived, the carrier changed).
+    /// Wakes the interface's network thread (a frame arrived, the carrier changed); signalled,
+    /// not counted: one pass takes every frame queued.
     pub wake: Semaphore,
     /// Set when the interface is removed; the network thread then ends.
     pub gone: AtomicBool,
@@ -197,7 +201,7 @@ impl Nic {
         *self.link.lock() = Some(tx);
         self.counters.links.fetch_add(1, Ordering::Relaxed);
         self.tx_progress.after_reset();
-        self.wake.up();
+        self.wake.signal();
     }
 
     /// The device went away; the interface, its addresses and sockets stay for its return.
@@ -232,7 +236,7 @@ impl Nic {
             .fetch_add(frame.len() as u64, Ordering::Relaxed);
         rx.push_back(frame);
         drop(rx);
-        self.wake.up();
+        self.wake.signal();
     }
 
     /// Frames the receive queue still takes.
@@ -285,13 +289,13 @@ impl Nic {
 
     pub fn set_carrier(&self, up: bool) {
         self.carrier.store(up, Ordering::Release);
-        self.wake.up();
+        self.wake.signal();
     }
 
     /// Removes the interface (its network thread ends).
     pub fn detach(&self) {
         self.gone.store(true, Ordering::Release);
-        self.wake.up();
+        self.wake.signal();
     }
 
     /// The network thread's periodic watchdog check: asks the driver to reset when the policy
@@ -337,7 +341,7 @@ impl Nic {
                 log::warn!("{}: reset failed: {error}", self.name);
             }
         }
-        self.wake.up();
+        self.wake.signal();
     }
 
     /// Fault injection through the driver.
