@@ -76,17 +76,6 @@ impl Semaphore {
         }
     }
 
-    /// A wake-up that does not count: wakes a waiter, or leaves one permit (never more) for
-    /// the next `down`. For a thread that, once woken, handles everything pending: a burst of
-    /// signals while it works costs it one more pass, not one pass per signal.
-    /// Safe in interrupt context.
-    pub fn signal(&self) {
-        let mut state = self.state.lock();
-        if state.waiters.wake_one().is_none() {
-            state.permits = 1;
-        }
-    }
-
     pub fn permits(&self) -> usize {
         self.state.lock().permits
     }
