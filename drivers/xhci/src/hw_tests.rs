@@ -100,6 +100,9 @@ struct FakeHc {
     ped_written: u32,
     /// EP0 doorbells are swallowed (a device that never answers).
     ep0_dead: bool,
+    /// The next this many Stop Endpoint commands find the endpoint Running again right after
+    /// (as QEMU's device wake-up restarts a stopped endpoint).
+    restart_after_stop: u32,
     /// Bulk/interrupt endpoints by (slot, DCI).
     bulk: BTreeMap<(u8, u8), BulkEp>,
     /// Configure Endpoint commands: (slot, add flags, [(DCI, EP type, max packet, interval,
@@ -167,6 +170,7 @@ impl FakeHc {
             port_reset_ticks: vec![0; 9],
             ped_written: 0,
             ep0_dead: false,
+            restart_after_stop: 0,
             bulk: BTreeMap::new(),
             configured: Vec::new(),
         };
@@ -524,6 +528,11 @@ impl FakeHc {
                         }
                     } else {
                         code = CompletionCode::ContextStateError;
+                    }
+                    if code == CompletionCode::Success && self.restart_after_stop > 0 {
+                        self.restart_after_stop -= 1;
+                        self.set_ep_state(slot, dci, 1);
+                        self.log.push(std::format!("restarted {slot} {dci}"));
                     }
                 }
                 command::Allowed::DisableSlot(d) => {
@@ -1469,6 +1478,54 @@ fn injected_stall_takes_the_stop_endpoint_path() {
     // Late events for the failed-back TDs matched nothing and were dropped.
     let c = bin.counters();
     assert_eq!((c.submitted, c.completed), (7, 7));
+}
+
+/// QEMU restarts a stopped endpoint when its device has data: the clear stops it again and
+/// sets the dequeue pointer, and the pipe goes on in order.
+#[test]
+fn endpoint_restarted_during_a_clear_is_stopped_again() {
+    let mut r = rig();
+    let (slot, bin, _, _) = usb_net(&mut r);
+    let hs: Vec<_> = (0..3).map(|_| submit_in(&r, &bin, 512)).collect();
+    bin.inject_stall_on_next_completion();
+    push_frames(&r, slot, &[frame(1, 70)]);
+    assert_eq!(hs[0].wait(1_000_000), Err(TransferError::Stall));
+    r.hc.lock().unwrap().restart_after_stop = 2;
+    // Running again before the clear, as after a device wake-up.
+    r.hc.lock().unwrap().set_ep_state(slot, DCI_IN, 1);
+    bin.clear_halt().unwrap();
+    let l = log(&r);
+    let stops = l.iter().filter(|e| *e == "stop endpoint 1 5").count();
+    assert!(stops >= 3, "{l:?}");
+    assert_eq!(r.hc.lock().unwrap().restart_after_stop, 0, "{l:?}");
+    assert!(l.contains(&"set tr dequeue 1 5".into()), "{l:?}");
+    let frames: Vec<_> = (2..6).map(|i| frame(i * 3, 80 + usize::from(i))).collect();
+    push_frames(&r, slot, &frames);
+    let hs: Vec<_> = (0..4).map(|_| submit_in(&r, &bin, 512)).collect();
+    for (h, f) in hs.iter().zip(&frames) {
+        assert_eq!(h.wait(1_000_000), Ok(f.len()));
+        assert_eq!(&data_of(h, f.len()), f);
+    }
+}
+
+/// An endpoint that keeps restarting: the clear gives up after a bounded number of tries
+/// with the controller's error, instead of looping.
+#[test]
+fn endpoint_that_keeps_restarting_fails_the_clear() {
+    let mut r = rig();
+    let (slot, bin, _, _) = usb_net(&mut r);
+    let h = submit_in(&r, &bin, 512);
+    bin.inject_stall_on_next_completion();
+    push_frames(&r, slot, &[frame(1, 70)]);
+    assert_eq!(h.wait(1_000_000), Err(TransferError::Stall));
+    r.hc.lock().unwrap().restart_after_stop = 100;
+    r.hc.lock().unwrap().set_ep_state(slot, DCI_IN, 1);
+    assert!(matches!(
+        bin.clear_halt(),
+        Err(TransferError::Controller(_))
+    ));
+    let left = r.hc.lock().unwrap().restart_after_stop;
+    assert!(left >= 100 - 5, "bounded: {} stops", 100 - left);
 }
 
 #[test]

@@ -43,6 +43,10 @@ pub(crate) const EP_STATE_HALTED: u32 = 2;
 pub(crate) const EP_STATE_STOPPED: u32 = 3;
 pub(crate) const EP_STATE_ERROR: u32 = 4;
 
+/// Tries at bringing an endpoint to a stop and setting its dequeue pointer (see
+/// `resync_ring`).
+const RESYNC_ATTEMPTS: u32 = 4;
+
 /// Kind of a configured (non-control) endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PipeKind {
@@ -591,6 +595,30 @@ impl<R: RawMutex + Send + Sync + 'static> Endpoint<R> {
         leftover: TransferError,
     ) -> Result<(), TransferError> {
         host.count_recovery();
+        // QEMU restarts a Stopped endpoint when its device has data (the device's wake-up
+        // kicks it like a doorbell), so between our Stop Endpoint and Set TR Dequeue Pointer
+        // the endpoint can be Running again; the command then fails with a Context State
+        // Error (seen in `net::fault_token` under traffic). Start over from the stop then, a
+        // bounded number of times.
+        let mut attempt = 1;
+        loop {
+            match self.resync_ring_once(host, &leftover) {
+                Err(TransferError::Controller(_))
+                    if attempt < RESYNC_ATTEMPTS
+                        && host.ep_state(self.slot, self.dci) == EP_STATE_RUNNING =>
+                {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn resync_ring_once(
+        &self,
+        host: &dyn HostOps,
+        leftover: &TransferError,
+    ) -> Result<(), TransferError> {
         match host.ep_state(self.slot, self.dci) {
             EP_STATE_HALTED => {
                 let mut c = command::ResetEndpoint::new();
@@ -618,7 +646,7 @@ impl<R: RawMutex + Send + Sync + 'static> Endpoint<R> {
         host.drain_events();
         let deq = {
             let mut st = self.state.lock();
-            st.fail_all(leftover);
+            st.fail_all(leftover.clone());
             if st.hw_synced {
                 None
             } else {
@@ -627,6 +655,12 @@ impl<R: RawMutex + Send + Sync + 'static> Endpoint<R> {
         };
         if let Some(deq) = deq {
             let state = host.ep_state(self.slot, self.dci);
+            if state == EP_STATE_RUNNING {
+                // Restarted since the stop: the dequeue pointer cannot be set now.
+                return Err(TransferError::Controller(
+                    "the endpoint was running again before its dequeue pointer was set".into(),
+                ));
+            }
             if state == EP_STATE_STOPPED || state == EP_STATE_ERROR {
                 let mut c = command::SetTrDequeuePointer::new();
                 c.set_slot_id(self.slot)
