@@ -1423,14 +1423,21 @@ fn stall_mid_queue_fails_back_once_and_resumes_in_order() {
     assert_eq!(r.ctl.counters().recoveries, 1);
 }
 
+/// A usb-net with `queued` bulk IN transfers, the first of which completes with an injected
+/// stall: (slot, bulk IN pipe, the transfers).
+fn stalled_bulk_in(r: &mut Rig, queued: usize) -> (u8, Pipe, Vec<TransferHandle>) {
+    let (slot, bin, _, _) = usb_net(r);
+    let hs: Vec<_> = (0..queued).map(|_| submit_in(r, &bin, 512)).collect();
+    bin.inject_stall_on_next_completion();
+    push_frames(r, slot, &[frame(1, 70)]);
+    assert_eq!(hs[0].wait(1_000_000), Err(TransferError::Stall));
+    (slot, bin, hs)
+}
+
 #[test]
 fn injected_stall_takes_the_stop_endpoint_path() {
     let mut r = rig();
-    let (slot, bin, _, _) = usb_net(&mut r);
-    let hs: Vec<_> = (0..3).map(|_| submit_in(&r, &bin, 512)).collect();
-    bin.inject_stall_on_next_completion();
-    push_frames(&r, slot, &[frame(1, 70)]);
-    assert_eq!(hs[0].wait(1_000_000), Err(TransferError::Stall));
+    let (slot, bin, hs) = stalled_bulk_in(&mut r, 3);
     assert_eq!(
         results(&hs),
         vec![
@@ -1485,11 +1492,7 @@ fn injected_stall_takes_the_stop_endpoint_path() {
 #[test]
 fn endpoint_restarted_during_a_clear_is_stopped_again() {
     let mut r = rig();
-    let (slot, bin, _, _) = usb_net(&mut r);
-    let hs: Vec<_> = (0..3).map(|_| submit_in(&r, &bin, 512)).collect();
-    bin.inject_stall_on_next_completion();
-    push_frames(&r, slot, &[frame(1, 70)]);
-    assert_eq!(hs[0].wait(1_000_000), Err(TransferError::Stall));
+    let (slot, bin, _) = stalled_bulk_in(&mut r, 3);
     r.hc.lock().unwrap().restart_after_stop = 2;
     // Running again before the clear, as after a device wake-up.
     r.hc.lock().unwrap().set_ep_state(slot, DCI_IN, 1);
@@ -1513,11 +1516,7 @@ fn endpoint_restarted_during_a_clear_is_stopped_again() {
 #[test]
 fn endpoint_that_keeps_restarting_fails_the_clear() {
     let mut r = rig();
-    let (slot, bin, _, _) = usb_net(&mut r);
-    let h = submit_in(&r, &bin, 512);
-    bin.inject_stall_on_next_completion();
-    push_frames(&r, slot, &[frame(1, 70)]);
-    assert_eq!(h.wait(1_000_000), Err(TransferError::Stall));
+    let (slot, bin, _) = stalled_bulk_in(&mut r, 1);
     r.hc.lock().unwrap().restart_after_stop = 100;
     r.hc.lock().unwrap().set_ep_state(slot, DCI_IN, 1);
     assert!(matches!(
