@@ -168,7 +168,8 @@ pub struct Nic {
     /// one pass per signal, even when an earlier pass took the whole queue. The spare passes
     /// keep the thread awake between frames. A flag instead (tried on 2026-11-22) cut the
     /// thread's CPU per frame by more than half, but usb-net host -> guest lost 30%, because the
-    /// vCPU had to be woken from halt for each frame.
+    /// vCPU had to be woken from halt for each frame. With 32 bulk IN transfers queued, the
+    /// same change was mixed: some directions gained, others lost 10-35%.
     pub wake: Semaphore,
     /// Set when the interface is removed; the network thread then ends.
     pub gone: AtomicBool,
