@@ -309,6 +309,7 @@ pub fn write_threads(out: &mut String) {
 /// Frames, heap and pooled stacks in one line (the console's `mem`; the hotplug test parses
 /// this line, see `tether_tests::protocol::parse_mem_line`).
 pub fn write_mem(out: &mut String) {
+    let (small_blocks, small_block_pages) = crate::mem::dma::small_block_usage();
     let _ = writeln!(
         out,
         "frames: {} free of {} ({} MiB free); heap: {} KiB in use of {} KiB; {} thread stacks pooled; DMA small blocks: {} in {} pages (by size 64..2048: {:?})",
@@ -318,8 +319,8 @@ pub fn write_mem(out: &mut String) {
         heap::bytes_in_use() / 1024,
         heap::bytes_owned() / 1024,
         crate::mem::stacks::pooled(),
-        crate::mem::dma::small_block_usage().0,
-        crate::mem::dma::small_block_usage().1,
+        small_blocks,
+        small_block_pages,
         crate::mem::dma::small_blocks_by_class(),
     );
 }

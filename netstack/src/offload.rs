@@ -103,7 +103,7 @@ pub fn complete_checksum(
     if field.checked_add(2).is_none_or(|end| end > frame.len()) {
         return Err(outside);
     }
-    let sum = !checksum::data(&frame[start..]);
+    let sum = !ones_complement_sum(&frame[start..]);
     frame[field..field + 2].copy_from_slice(&sum.to_be_bytes());
     Ok(())
 }

@@ -1487,15 +1487,21 @@ fn injected_stall_takes_the_stop_endpoint_path() {
     assert_eq!((c.submitted, c.completed), (7, 7));
 }
 
+/// Bulk IN Running again before a clear, as after QEMU's device wake-up, and Running again
+/// right after each of the next `stops` Stop Endpoint commands.
+fn restarting(r: &Rig, slot: u8, stops: u32) {
+    let mut hc = r.hc.lock().unwrap();
+    hc.restart_after_stop = stops;
+    hc.set_ep_state(slot, DCI_IN, 1);
+}
+
 /// QEMU restarts a stopped endpoint when its device has data: the clear stops it again and
 /// sets the dequeue pointer, and the pipe goes on in order.
 #[test]
 fn endpoint_restarted_during_a_clear_is_stopped_again() {
     let mut r = rig();
     let (slot, bin, _) = stalled_bulk_in(&mut r, 3);
-    r.hc.lock().unwrap().restart_after_stop = 2;
-    // Running again before the clear, as after a device wake-up.
-    r.hc.lock().unwrap().set_ep_state(slot, DCI_IN, 1);
+    restarting(&r, slot, 2);
     bin.clear_halt().unwrap();
     let l = log(&r);
     let stops = l.iter().filter(|e| *e == "stop endpoint 1 5").count();
@@ -1517,8 +1523,7 @@ fn endpoint_restarted_during_a_clear_is_stopped_again() {
 fn endpoint_that_keeps_restarting_fails_the_clear() {
     let mut r = rig();
     let (slot, bin, _) = stalled_bulk_in(&mut r, 1);
-    r.hc.lock().unwrap().restart_after_stop = 100;
-    r.hc.lock().unwrap().set_ep_state(slot, DCI_IN, 1);
+    restarting(&r, slot, 100);
     assert!(matches!(
         bin.clear_halt(),
         Err(TransferError::Controller(_))

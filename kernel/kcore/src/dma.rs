@@ -18,7 +18,7 @@ pub const PAGE_SIZE: usize = 4096;
 /// `next_power_of_two` far from overflow.
 pub const MAX_DMA_BYTES: usize = 1 << 30;
 
-const BLOCK_CLASSES: usize = 6; // 64, 128, 256, 512, 1024, 2048
+pub const BLOCK_CLASSES: usize = 6; // 64, 128, 256, 512, 1024, 2048
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DmaLayout {
@@ -235,10 +235,7 @@ impl SubPageAllocator {
 
     /// Blocks handed out and not freed, over all pages.
     pub fn blocks_in_use(&self) -> usize {
-        self.pages
-            .values()
-            .map(|p| (Page::full_mask(p.block) & !p.free).count_ones() as usize)
-            .sum()
+        self.blocks_by_class().iter().sum()
     }
 }
 

@@ -4,7 +4,7 @@
 
 use core::ptr::NonNull;
 
-use tether_kcore::dma::{layout_for, DmaError, DmaLayout, SubPageAllocator};
+use tether_kcore::dma::{layout_for, DmaError, DmaLayout, SubPageAllocator, BLOCK_CLASSES};
 
 use super::frames;
 use crate::sync::raw::RawSpinLock;
@@ -83,11 +83,11 @@ pub fn alloc(
 }
 
 /// Sub-page DMA blocks in use per size class, 64 to 2048 bytes (for `mem`).
-pub fn small_blocks_by_class() -> [usize; 6] {
+pub fn small_blocks_by_class() -> [usize; BLOCK_CLASSES] {
     SUB_PAGES
         .lock()
         .as_ref()
-        .map_or([0; 6], |pool| pool.blocks_by_class())
+        .map_or([0; BLOCK_CLASSES], |pool| pool.blocks_by_class())
 }
 
 /// Sub-page DMA blocks in use and the pages they occupy (for `mem`: blocks of one size share

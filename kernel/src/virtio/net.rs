@@ -170,9 +170,8 @@ struct Rings {
     /// The same for frames the device segments (HOST_TSO4).
     tx_segmented_spare: Vec<DmaBuffer>,
     tx_segmented_allocated: usize,
-    /// HOST_TSO4 was negotiated: peers' SYNs are raised to [`RAISED_MSS`] and large frames
-    /// handed over for segmentation at the MSS the peer really asked for (kept here).
-    segmenting: bool,
+    /// With HOST_TSO4, the MSS each peer really asked for (its SYN is raised to
+    /// [`RAISED_MSS`]): large frames are segmented at it.
     peer_mss: Vec<(offload::Flow, u16)>,
     /// Frames handed over for the device to segment.
     tx_segmented: u64,
@@ -273,6 +272,7 @@ impl Rings {
             return Ok(());
         };
         let mergeable = raw.features().contains(NetFeatures::MRG_RXBUF);
+        let segmenting = raw.features().contains(NetFeatures::HOST_TSO4);
         while let Some(token) = self.raw.as_ref().and_then(Raw::poll_receive) {
             let (buffer, written) = self.take_received(token)?;
             let filled = &buffer.as_slice()[..written];
@@ -308,7 +308,7 @@ impl Rings {
                 continue;
             };
             let partial = header.flags & FLAG_NEEDS_CSUM != 0;
-            if self.segmenting {
+            if segmenting {
                 if let Some(theirs) = offload::raise_syn_mss(&mut frame, RAISED_MSS, partial) {
                     if let Some(flow) = offload::flow_of(&frame, false) {
                         self.remember_peer_mss(flow, theirs);
@@ -787,7 +787,6 @@ fn bring_up(function: &PciFunction, interface: &str) -> Result<Up, String> {
         tx_allocated: 0,
         tx_segmented_spare: Vec::new(),
         tx_segmented_allocated: 0,
-        segmenting,
         peer_mss: Vec::new(),
         tx_segmented: 0,
         tx_sequence: 0,
